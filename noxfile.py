@@ -1,0 +1,100 @@
+"""Nox sessions: thin wrappers around `python -m mlci ...`; all logic lives in python/mlci.
+
+Every session shares one project environment (`.venv`), so torch is installed once per checkout, not
+once per session, and a session with nothing to install starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".mlci-installed"
+
+
+def _environment(session: nox.Session) -> dict[str, str]:
+    """Create or refresh .venv when pyproject.toml changed; return the env that puts it first on PATH."""
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not (STAMP.exists() and STAMP.read_text() == wanted):
+        if not (BIN / "python").exists():
+            session.log("creating the project environment .venv (once)")
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        session.run(str(BIN / "python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True)
+        session.run(str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]", external=True)
+        STAMP.write_text(wanted)
+    return {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(VENV)}
+
+
+def _mlci(session: nox.Session, *args: str) -> None:
+    env = _environment(session)
+    session.run(str(BIN / "python"), "-m", "mlci", *args, *session.posargs, env=env, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff on the Python code and ansible-lint (production profile) on playbooks and roles."""
+    env = _environment(session)
+    session.run("ruff", "check", ".", env=env, external=True)
+    session.run("ruff", "format", "--check", ".", env=env, external=True)
+    session.run("ansible-lint", "--profile", "production", *session.posargs, env=env, external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (unit, integration on sandbox hosts, ansible); pytest args pass through."""
+    env = _environment(session)
+    session.run(str(BIN / "python"), "-m", "pytest", *session.posargs, env=env, external=True)
+
+
+@nox.session
+def data(session: nox.Session) -> None:
+    """Check the data files against the schema (exit 2 with the file, row, column and value on error)."""
+    _mlci(session, "data")
+
+
+@nox.session
+def train(session: nox.Session) -> None:
+    """Data check -> train (skipped when nothing changed) -> evaluate -> report; exits with the gates' code."""
+    _mlci(session, "train")
+
+
+@nox.session
+def evaluate(session: nox.Session) -> None:
+    """Evaluate the latest run against the champion and apply the gates (exit 1 when one fails)."""
+    _mlci(session, "evaluate")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Write reports/<run>/: report.md, report.html, plots and gates.xml (JUnit)."""
+    _mlci(session, "report")
+
+
+@nox.session(default=False)
+def serve(session: nox.Session) -> None:
+    """Serve the champion (or a given artifact) over the Open Inference Protocol."""
+    _mlci(session, "serve")
+
+
+@nox.session(default=False)
+def loadtest(session: nox.Session) -> None:
+    """Locust load test against a URL, gated on the SLO in mlci.toml (exit 1 when it fails)."""
+    _mlci(session, "loadtest")
+
+
+@nox.session(default=False)
+def sandbox(session: nox.Session) -> None:
+    """up|down|status [--hosts N]: SSH test hosts on the local Docker engine, written to inventories/sandbox."""
+    _mlci(session, "sandbox")

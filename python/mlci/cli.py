@@ -1,0 +1,53 @@
+"""`python -m mlci <command> ...`: the only place that prints errors and chooses exit codes.
+
+Commands are imported lazily so that a no-op (`mlci train` with nothing changed) never pays for torch.
+Each command module exposes `run(argv: list[str]) -> int`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mlci.errors import EXIT_USAGE, MlciError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("mlci.commands.data", "check the data files against the schema"),
+    "train": ("mlci.commands.train", "data check -> train (or reuse) -> evaluate -> report; exits with the gates' code"),
+    "evaluate": ("mlci.commands.evaluate", "evaluate a run against the champion and apply the gates"),
+    "report": ("mlci.commands.report", "write reports/<run>/ (markdown, html, plots, gates.xml)"),
+    "serve": ("mlci.commands.serve", "serve a model artifact over the Open Inference Protocol"),
+    "loadtest": ("mlci.commands.loadtest", "Locust load test against a URL with an SLO gate"),
+    "sandbox": ("mlci.commands.sandbox", "up|down|status: local SSH test hosts on the Docker engine"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m mlci <command> [options] [section.key=value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else EXIT_USAGE
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"Error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.run(rest))
+    except MlciError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

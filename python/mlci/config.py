@@ -1,0 +1,321 @@
+"""mlci.toml -> one typed, frozen dataclass tree.
+
+Every key is checked: an unknown key, a wrong type or a bad value raises ConfigError naming the file, the
+dotted key and the value. Command-line overrides (`train.epochs=3`) are applied to the raw table before
+checking, so they get the same errors (with the file shown as `<command line>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mlci.errors import ConfigError
+
+DEFAULT_CONFIG = "mlci.toml"
+OVERRIDE_SOURCE = "<command line>"
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _checked(default: Any, *checks: Check) -> Any:
+    return field(default=default, metadata={"checks": checks})
+
+
+def positive() -> Check:
+    return (lambda v: v > 0, "must be > 0")
+
+
+def non_negative() -> Check:
+    return (lambda v: v >= 0, "must be >= 0")
+
+
+def fraction() -> Check:
+    return (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)")
+
+
+def tcp_port() -> Check:
+    return (lambda v: 0 <= v <= 65535, "must be a TCP port (0-65535)")
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    name: str = "digits"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # CSV files with a header row; relative paths are relative to the directory holding mlci.toml.
+    files: list[str] = field(default_factory=lambda: ["data/digits.csv"])
+    schema: str = "data/schema.toml"
+    # Fraction of rows held out (by a seeded, frozen split) for evaluation.
+    eval_fraction: float = _checked(0.2, fraction())
+    split_seed: int = 20261126
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # `module:function` returning a torch.nn.Module; called as f(n_features, n_classes, **params).
+    factory: str = _checked("mlci.model:mlp", (lambda v: ":" in v, "must be 'module:function'"))
+    params: dict[str, Any] = field(default_factory=lambda: {"hidden": [128, 128]})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _checked(30, positive())
+    batch_size: int = _checked(64, positive())
+    lr: float = _checked(2e-3, positive())
+    weight_decay: float = _checked(0.0, non_negative())
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    bootstrap: int = _checked(1000, positive())
+    confidence: float = _checked(0.95, fraction())
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    min_accuracy: float = _checked(0.90, (lambda v: 0 <= v <= 1, "must be between 0 and 1"))
+    min_macro_f1: float = _checked(0.90, (lambda v: 0 <= v <= 1, "must be between 0 and 1"))
+    # The candidate fails if it is worse than the champion by more than this (accuracy), at the
+    # evaluate.confidence level (paired bootstrap).
+    max_drop_vs_champion: float = _checked(0.02, non_negative())
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    path: str = ".mlci/registry.db"
+    artifacts: str = ".mlci/artifacts"
+    reports: str = "reports"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    host: str = "127.0.0.1"
+    port: int = _checked(8000, tcp_port())
+    model_name: str = "digits"
+    max_batch_size: int = _checked(64, positive())
+    max_delay_ms: float = _checked(1.0, non_negative())
+    queue_size: int = _checked(1024, positive())
+    max_body_bytes: int = _checked(1_048_576, positive())
+    max_rows: int = _checked(1024, positive())
+    # Name of an environment variable holding the bearer token for inference ("" = no token).
+    token_env: str = ""
+    management_host: str = "127.0.0.1"
+    management_port: int = _checked(8001, tcp_port())
+    management_token_env: str = "MLCI_MANAGEMENT_TOKEN"
+
+
+@dataclass(frozen=True)
+class LoadtestConfig:
+    users: int = _checked(16, positive())
+    spawn_rate: float = _checked(16.0, positive())
+    duration_s: float = _checked(10.0, positive())
+    p50_ms: float = _checked(20.0, positive())
+    p95_ms: float = _checked(50.0, positive())
+    p99_ms: float = _checked(100.0, positive())
+    max_error_ratio: float = _checked(0.001, (lambda v: 0 <= v <= 1, "must be between 0 and 1"))
+    min_rps: float = _checked(100.0, non_negative())
+    # p95 may be at most this many times the champion's last measured p95 (0 disables the check).
+    max_p95_vs_champion: float = _checked(1.5, non_negative())
+    output: str = "reports/loadtest"
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    inventory: str = "inventories/local"
+    runtime: Literal["local", "systemd", "docker"] = "local"
+
+
+@dataclass(frozen=True)
+class Config:
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    loadtest: LoadtestConfig = field(default_factory=LoadtestConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    # Where mlci.toml lives; relative paths in the config resolve against it. Not a TOML key.
+    root: Path = field(default=Path("."), compare=False)
+    source: str = field(default=DEFAULT_CONFIG, compare=False)
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from the config against the directory that holds mlci.toml."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (what is stored with every run and inside every checkpoint)."""
+        out = dataclasses.asdict(self)
+        out.pop("root")
+        out.pop("source")
+        return out
+
+
+_NOT_TOML_KEYS = {"root", "source"}
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> Config:
+    """Read `path` (missing file = all defaults is an error), apply `key=value` overrides, check all."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, "<file>", str(path), "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "<file>", str(path), f"not UTF-8 ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "<file>", str(path), f"not valid TOML ({exc})") from None
+    config = config_from_dict(raw, source=source, overrides=overrides)
+    return dataclasses.replace(config, root=path.resolve().parent, source=source)
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> Config:
+    origins: dict[str, str] = {}
+    raw = _apply_overrides(raw, overrides, origins)
+    return _build(Config, raw, "", source, origins)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=3` -> (["train", "epochs"], 3). Values are TOML literals; bare words are strings."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(OVERRIDE_SOURCE, text, text, "an override must look like section.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.split("."), parsed
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], origins: dict[str, str]) -> dict[str, Any]:
+    merged = _deep_copy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        table = merged
+        for part in parts[:-1]:
+            nxt = table.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(OVERRIDE_SOURCE, ".".join(parts), value, f"{part!r} is not a table")
+            table = nxt
+        table[parts[-1]] = value
+        origins[".".join(parts)] = OVERRIDE_SOURCE
+    return merged
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str, origins: dict[str, str]) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(origins.get(where, source), where, raw, "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_TOML_KEYS}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            full = prefix + key
+            raise ConfigError(origins.get(full, source), full, raw[key], f"unknown key (known: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        full = prefix + name
+        file = origins.get(full, source)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], full + ".", source, origins)
+            continue
+        value = _coerce(tp, raw[name], full, file)
+        for check, why in f.metadata.get("checks", ()):
+            if not check(value):
+                raise ConfigError(file, full, raw[name], why)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, file: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(file, key, value, f"must be one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, file)
+            except ConfigError:
+                continue
+        raise ConfigError(file, key, value, f"must be {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(file, key, value, f"must be {_type_name(tp)}")
+        return [_coerce(args[0], v, f"{key}[{i}]", file) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(file, key, value, "must be a table")
+        return {k: _coerce(args[1], v, f"{key}.{k}", file) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(file, key, value, "must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(file, key, value, "must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(file, key, value, "must be a number")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(file, key, value, "must be a finite number")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(file, key, value, "must be a string")
+        return value
+    raise TypeError(f"config type {tp!r} for {key} is not supported")  # a bug in mlci, not user input
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
