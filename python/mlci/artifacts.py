@@ -76,6 +76,48 @@ def write_artifact(root: Path, state_dict: dict[str, Any], manifest: dict[str, A
         raise
 
 
+def package(
+    root: Path,
+    model: Any,
+    *,
+    model_name: str,
+    version: int,
+    run_id: str,
+    factory: str,
+    params: dict[str, Any],
+    features: list[str],
+    classes: list[Any],
+    smoke_input: list[list[float]],
+    config: dict[str, Any],
+) -> ArtifactRef:
+    """Write a trained model as an artifact, recording its own output on `smoke_input` as the expected one."""
+    import datetime
+
+    import torch
+
+    model = model.eval()
+    with torch.inference_mode():
+        logits = model(torch.tensor(smoke_input, dtype=torch.float32).to(next(model.parameters()).device))
+    logits = logits.float().cpu()
+    manifest = {
+        "model_name": model_name,
+        "version": int(version),
+        "run_id": run_id,
+        "model": {"factory": factory, "params": params},
+        "input": {"name": "input", "datatype": "FP32", "shape": [-1, len(features)], "features": list(features)},
+        "output": {"name": "output", "datatype": "FP32", "shape": [-1, len(classes)], "classes": list(classes)},
+        "smoke": {
+            "input": smoke_input,
+            "expected_logits": logits.tolist(),
+            "expected_labels": logits.argmax(dim=1).tolist(),
+            "atol": 1e-4,
+        },
+        "config": config,
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return write_artifact(root, model.state_dict(), manifest)
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of an artifact directory (or of the directory holding a manifest.json path)."""
     path = Path(path)
