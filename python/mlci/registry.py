@@ -1,0 +1,394 @@
+"""The run registry: SQLite (WAL) holding runs, metrics, artifacts, evaluations, the champion pointer and
+an append-only promotion ledger.
+
+Every write is one short `BEGIN IMMEDIATE` transaction, so two processes writing at once serialize on
+SQLite's lock (waiting up to `timeout` seconds) instead of corrupting or losing records. The registry
+stores; it never trains or evaluates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlci.errors import RegistryError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL UNIQUE,
+    key         TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    git_commit  TEXT,
+    dirty       INTEGER NOT NULL DEFAULT 0,
+    data_hash   TEXT,
+    params      TEXT NOT NULL,          -- JSON: the resolved config
+    environment TEXT NOT NULL,          -- JSON: python, torch, cuda, device kind, gpu name
+    created_at  TEXT NOT NULL,
+    finished_at TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_key ON runs (key, status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    name   TEXT NOT NULL,
+    step   INTEGER,                     -- NULL for a run's final value; the epoch for curves
+    value  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, name);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    kind   TEXT NOT NULL,               -- 'model', 'report', ...
+    path   TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts (run_id);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id     TEXT NOT NULL REFERENCES runs (id),
+    champion   TEXT,                    -- the champion run it was compared with, if any
+    passed     INTEGER NOT NULL,
+    results    TEXT NOT NULL,           -- JSON: metrics, intervals, gate verdicts
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS champion (
+    slot     INTEGER PRIMARY KEY CHECK (slot = 1),
+    run_id   TEXT NOT NULL REFERENCES runs (id),
+    since    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at            TEXT NOT NULL,
+    run_id        TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    hosts         TEXT NOT NULL,        -- JSON list
+    who           TEXT NOT NULL,
+    evidence      TEXT NOT NULL,        -- JSON: gate results, report path
+    outcome       TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the promotion ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the promotion ledger is append-only'); END;
+"""
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    seq: int
+    key: str
+    status: str
+    git_commit: str | None
+    dirty: bool
+    data_hash: str | None
+    params: dict[str, Any]
+    environment: dict[str, Any]
+    created_at: str
+    finished_at: str | None
+    error: str | None
+    metrics: dict[str, float] = field(default_factory=dict)  # final values (step NULL)
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def artifact(self, kind: str = "model") -> Artifact | None:
+        return next((a for a in self.artifacts if a.kind == kind), None)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    at: str
+    run_id: str
+    model_version: int
+    hosts: list[str]
+    who: str
+    evidence: dict[str, Any]
+    outcome: str
+
+
+class Registry:
+    """Open (and create on first use) the registry at `path`."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._write():
+                for statement in _statements(SCHEMA):
+                    self._db.execute(statement)
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(f"{self.path}: not a usable registry database ({exc})") from None
+
+    # --- plumbing --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- runs ------------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        key: str,
+        *,
+        params: dict[str, Any],
+        environment: dict[str, Any],
+        git_commit: str | None = None,
+        dirty: bool = False,
+        data_hash: str | None = None,
+    ) -> Run:
+        with self._write() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
+            run_id = f"r{seq:04d}"
+            db.execute(
+                "INSERT INTO runs (id, seq, key, status, git_commit, dirty, data_hash, params, environment,"
+                " created_at) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, seq, key, git_commit, int(dirty), data_hash, json.dumps(params, sort_keys=True),
+                 json.dumps(environment, sort_keys=True), now()),
+            )
+        return self.run(run_id)
+
+    def finish_run(self, run_id: str, status: str = "succeeded", *, error: str | None = None) -> None:
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?", (status, now(), error, run_id)
+            )
+            if cur.rowcount != 1:
+                raise RegistryError(f"{self.path}: no run {run_id!r}")
+
+    def run(self, ref: str) -> Run:
+        """A run by id, id prefix, `latest` or `champion`."""
+        if ref == "latest":
+            found = self.latest_run()
+        elif ref == "champion":
+            found = self.champion()
+        else:
+            rows = self._db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ?", (ref, f"{ref}%")).fetchall()
+            if len(rows) > 1 and not any(r[0] == ref for r in rows):
+                raise RegistryError(f"{self.path}: run {ref!r} is ambiguous ({', '.join(r[0] for r in rows)})")
+            found = self._load(ref if any(r[0] == ref for r in rows) else rows[0][0]) if rows else None
+        if found is None:
+            raise RegistryError(f"{self.path}: no run {ref!r}")
+        return found
+
+    def find_run(self, key: str) -> Run | None:
+        """The newest succeeded run with this run key (what `train` reuses), or None."""
+        row = self._db.execute(
+            "SELECT id FROM runs WHERE key = ? AND status = 'succeeded' ORDER BY seq DESC LIMIT 1", (key,)
+        ).fetchone()
+        return self._load(row[0]) if row else None
+
+    def latest_run(self, status: str | None = "succeeded") -> Run | None:
+        sql = "SELECT id FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY seq DESC LIMIT 1"
+        row = self._db.execute(sql, (status,) if status else ()).fetchone()
+        return self._load(row[0]) if row else None
+
+    def runs(self) -> list[Run]:
+        return [self._load(r[0]) for r in self._db.execute("SELECT id FROM runs ORDER BY seq")]
+
+    def _load(self, run_id: str) -> Run | None:
+        row = self._db.execute(
+            "SELECT id, seq, key, status, git_commit, dirty, data_hash, params, environment, created_at,"
+            " finished_at, error FROM runs WHERE id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        metrics = {
+            name: value
+            for name, value in self._db.execute(
+                "SELECT name, value FROM metrics WHERE run_id = ? AND step IS NULL ORDER BY rowid", (run_id,)
+            )
+        }
+        artifacts = [
+            Artifact(*a)
+            for a in self._db.execute(
+                "SELECT kind, path, sha256, bytes FROM artifacts WHERE run_id = ? ORDER BY rowid", (run_id,)
+            )
+        ]
+        return Run(
+            id=row[0], seq=row[1], key=row[2], status=row[3], git_commit=row[4], dirty=bool(row[5]),
+            data_hash=row[6], params=json.loads(row[7]), environment=json.loads(row[8]), created_at=row[9],
+            finished_at=row[10], error=row[11], metrics=metrics, artifacts=artifacts,
+        )  # fmt: skip
+
+    # --- metrics and artifacts -------------------------------------------------------------------------
+
+    def log_metric(self, run_id: str, name: str, value: float, step: int | None = None) -> None:
+        self.log_metrics(run_id, {name: value}, step=step)
+
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int | None = None) -> None:
+        with self._write() as db:
+            if step is None:  # a final value replaces the previous final value of the same name
+                db.executemany(
+                    "DELETE FROM metrics WHERE run_id = ? AND name = ? AND step IS NULL",
+                    [(run_id, n) for n in values],
+                )
+            db.executemany(
+                "INSERT INTO metrics (run_id, name, step, value) VALUES (?, ?, ?, ?)",
+                [(run_id, n, step, float(v)) for n, v in values.items()],
+            )
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        return dict(
+            self._db.execute("SELECT name, value FROM metrics WHERE run_id = ? AND step IS NULL", (run_id,))
+        )
+
+    def history(self, run_id: str, name: str) -> list[tuple[int, float]]:
+        """A metric's curve: (step, value) pairs in step order."""
+        return list(
+            self._db.execute(
+                "SELECT step, value FROM metrics WHERE run_id = ? AND name = ? AND step IS NOT NULL ORDER BY step",
+                (run_id, name),
+            )
+        )
+
+    def add_artifact(self, run_id: str, kind: str, path: str | Path, sha256: str, size: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO artifacts (run_id, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
+                (run_id, kind, str(path), sha256, int(size)),
+            )
+
+    # --- evaluations -----------------------------------------------------------------------------------
+
+    def add_evaluation(self, run_id: str, champion: str | None, passed: bool, results: dict[str, Any]) -> int:
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO evaluations (run_id, champion, passed, results, created_at) VALUES (?, ?, ?, ?, ?)",
+                (run_id, champion, int(passed), json.dumps(results, sort_keys=True), now()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def latest_evaluation(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT champion, passed, results, created_at FROM evaluations WHERE run_id = ? ORDER BY id DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {"champion": row[0], "passed": bool(row[1]), "results": json.loads(row[2]), "created_at": row[3]}
+
+    # --- champion and ledger ---------------------------------------------------------------------------
+
+    def champion(self) -> Run | None:
+        row = self._db.execute("SELECT run_id FROM champion WHERE slot = 1").fetchone()
+        return self._load(row[0]) if row else None
+
+    def promote(
+        self,
+        run_id: str,
+        *,
+        evidence: dict[str, Any],
+        hosts: list[str] | None = None,
+        who: str | None = None,
+        outcome: str = "promoted",
+    ) -> LedgerEntry:
+        """Make `run_id` the champion and append the promotion to the ledger, in one transaction."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ? AND status = 'succeeded'", (run_id,)).fetchone() is None:
+                raise RegistryError(f"{self.path}: run {run_id!r} does not exist or did not succeed")
+            db.execute(
+                "INSERT INTO champion (slot, run_id, since) VALUES (1, ?, ?)"
+                " ON CONFLICT (slot) DO UPDATE SET run_id = excluded.run_id, since = excluded.since",
+                (run_id, now()),
+            )
+            self._append_ledger(db, run_id, evidence, hosts or [], who, outcome)
+        return self.ledger()[-1]
+
+    def record(
+        self,
+        run_id: str,
+        *,
+        evidence: dict[str, Any],
+        hosts: list[str],
+        outcome: str,
+        who: str | None = None,
+    ) -> None:
+        """Append a ledger entry that changes no champion (a failed or rolled-back deploy, say)."""
+        with self._write() as db:
+            self._append_ledger(db, run_id, evidence, hosts, who, outcome)
+
+    def _append_ledger(
+        self,
+        db: sqlite3.Connection,
+        run_id: str,
+        evidence: dict[str, Any],
+        hosts: list[str],
+        who: str | None,
+        outcome: str,
+    ) -> None:
+        seq = db.execute("SELECT seq FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if seq is None:
+            raise RegistryError(f"{self.path}: no run {run_id!r}")
+        db.execute(
+            "INSERT INTO ledger (at, run_id, model_version, hosts, who, evidence, outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (now(), run_id, seq[0], json.dumps(hosts), who or _who(), json.dumps(evidence, sort_keys=True), outcome),
+        )
+
+    def ledger(self) -> list[LedgerEntry]:
+        return [
+            LedgerEntry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], json.loads(r[6]), r[7])
+            for r in self._db.execute(
+                "SELECT seq, at, run_id, model_version, hosts, who, evidence, outcome FROM ledger ORDER BY seq"
+            )
+        ]
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema into statements (executescript would commit our open transaction)."""
+    out, buf = [], []
+    for line in script.splitlines():
+        buf.append(line.split("--", 1)[0])
+        text = "\n".join(buf).strip()
+        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.upper().endswith("END;")):
+            out.append(text)
+            buf = []
+    return out
