@@ -1,0 +1,31 @@
+"""`python -m mlci data`: check the data files against the schema; one summary line on success."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from mlci.commands import config_of, parse, parser
+from mlci.data import check, data_files, file_sha256
+
+
+def run(argv: Sequence[str]) -> int:
+    p = parser(
+        "data",
+        "Check every file in data.files against data.schema. Errors name the file, the data row "
+        "(1-based, header not counted), the column and the value; exit 2.",
+    )
+    args = parse(p, argv)
+    config = config_of(args)
+    start = time.perf_counter()
+    ds = check(config)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    files = data_files(config)[:-1]
+    digests = ", ".join(
+        f"{name} sha256:{file_sha256(path)[:12]}" for name, path in zip(config.data.files, files, strict=True)
+    )
+    print(
+        f"data OK: {len(ds)} rows, {len(ds.features)} features + label, {len(ds.classes)} classes "
+        f"({digests}) checked in {elapsed_ms:.0f} ms"
+    )
+    return 0
