@@ -55,7 +55,12 @@ class ProjectConfig:
 @dataclass(frozen=True)
 class DataConfig:
     # CSV files with a header row; relative paths are relative to the directory holding mlci.toml.
-    files: list[str] = field(default_factory=lambda: ["data/digits.csv"])
+    # They are checked against `schema` and concatenated in this order.
+    files: list[str] = field(
+        default_factory=lambda: ["data/digits.csv"],
+        metadata={"checks": ((lambda v: len(v) > 0, "must list at least one data file"),)},
+    )
+    # The data schema (TOML): label column and label set, each feature's dtype, min/max and NaN rule.
     schema: str = "data/schema.toml"
     # Fraction of rows held out (by a seeded, frozen split) for evaluation.
     eval_fraction: float = _checked(0.2, fraction())
