@@ -128,7 +128,13 @@ class ServingConfig:
 class LoadtestConfig:
     users: int = _checked(16, positive())
     spawn_rate: float = _checked(16.0, positive())
-    duration_s: float = _checked(10.0, positive())
+    duration_s: int = _checked(10, positive())  # whole seconds (Locust's --run-time)
+    # 0: one Locust process; N: a Locust master and N worker processes on this machine.
+    workers: int = _checked(0, non_negative())
+    rows_per_request: int = _checked(1, positive())
+    # Each user's request rate; 0 = closed loop (the next request as soon as the answer arrives).
+    user_rps: float = _checked(0.0, non_negative())
+    request_timeout_s: float = _checked(10.0, positive())  # a slower answer counts as a failed request
     p50_ms: float = _checked(20.0, positive())
     p95_ms: float = _checked(50.0, positive())
     p99_ms: float = _checked(100.0, positive())

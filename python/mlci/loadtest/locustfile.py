@@ -1,0 +1,49 @@
+"""The Locust user that mlci's load test runs (in its own process: `locust -f <this file>`).
+
+Standalone on purpose: Locust (gevent) monkey-patches the process that imports it, so mlci never imports
+this file; it only reads the plan that mlci wrote. The plan is a JSON file named by $MLCI_LOADTEST_PLAN:
+
+    path          the inference path, e.g. /v2/models/digits/infer
+    bodies        ready JSON request bodies (strings); each user cycles through them from its own offset
+    user_rps      each user's request rate (0 = send the next request as soon as the answer arrives)
+    token_env     name of an environment variable holding a bearer token ("" = none)
+
+A request counts as failed unless the server answers 200 with a body that carries "outputs".
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+from locust import FastHttpUser, constant, constant_throughput, task
+
+with open(os.environ["MLCI_LOADTEST_PLAN"], encoding="utf-8") as _file:
+    PLAN = json.load(_file)
+
+_HEADERS = {"Content-Type": "application/json"}
+if PLAN.get("token_env") and os.environ.get(PLAN["token_env"]):
+    _HEADERS["Authorization"] = f"Bearer {os.environ[PLAN['token_env']]}"
+_BODIES = [body.encode() for body in PLAN["bodies"]]
+_OFFSETS = itertools.count()
+
+
+class InferUser(FastHttpUser):
+    wait_time = constant_throughput(PLAN["user_rps"]) if PLAN["user_rps"] > 0 else constant(0)
+    network_timeout = float(PLAN.get("timeout_s", 30.0))
+    connection_timeout = float(PLAN.get("timeout_s", 30.0))
+
+    def on_start(self) -> None:
+        start = next(_OFFSETS) % len(_BODIES)
+        self._bodies = itertools.cycle(_BODIES[start:] + _BODIES[:start])
+
+    @task
+    def infer(self) -> None:
+        with self.client.post(
+            PLAN["path"], data=next(self._bodies), headers=_HEADERS, name="infer", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+            elif b'"outputs"' not in (response.content or b""):
+                response.failure("200 without 'outputs' in the body")
