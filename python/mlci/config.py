@@ -122,6 +122,10 @@ class ServingConfig:
     management_host: str = "127.0.0.1"
     management_port: int = _checked(8001, tcp_port())
     management_token_env: str = "MLCI_MANAGEMENT_TOKEN"
+    # torch intra-op threads for the forward pass (batches run on the event-loop thread).
+    threads: int = _checked(1, positive())
+    # On SIGTERM, in-flight requests get this long to finish before they are cancelled.
+    graceful_timeout_s: float = _checked(30.0, positive())
 
 
 @dataclass(frozen=True)

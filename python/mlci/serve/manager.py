@@ -1,0 +1,99 @@
+"""Which model serves: the current one, and the previous one kept loaded for instant rollback.
+
+A swap loads version N+1 beside N in a worker thread (verify sha256, load, warm, smoke test) while N keeps
+serving, then flips with one assignment on the event-loop thread (atomic for every request). A failed load
+or smoke test raises ArtifactError and changes nothing. Only two models stay loaded: the one before the
+previous is dropped at a flip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from mlci.errors import ArtifactError
+from mlci.serve import loaded
+from mlci.serve.loaded import LoadedModel
+from mlci.serve.metrics import Metrics
+
+
+class SwapBusy(Exception):
+    """A load is already in progress."""
+
+
+class ModelManager:
+    def __init__(self, name: str, metrics: Metrics, *, warm_rows: tuple[int, ...] = (1, 64)) -> None:
+        self.name = name
+        self.metrics = metrics
+        self.warm_rows = warm_rows
+        self.current: LoadedModel | None = None
+        self.previous: LoadedModel | None = None
+        self.loading: str | None = None  # artifact path being loaded
+        self.last_error: str | None = None
+
+    def get(self, version: str | None = None) -> LoadedModel | None:
+        """The current model, or the loaded one with this version (current or previous)."""
+        if version is None:
+            return self.current
+        for model in (self.current, self.previous):
+            if model is not None and model.version == version:
+                return model
+        return None
+
+    def versions(self) -> list[str]:
+        return [m.version for m in (self.current, self.previous) if m is not None]
+
+    async def load(self, path: Path, *, sha256: str | None = None) -> dict[str, Any]:
+        """Load, warm and smoke-test `path` beside the current model, then make it current."""
+        if self.loading is not None:
+            raise SwapBusy(f"already loading {self.loading}")
+        self.loading = str(path)
+        try:
+            model = await asyncio.to_thread(loaded.load, Path(path), warm_rows=self.warm_rows)
+            if sha256 is not None and model.sha256 != sha256:
+                raise ArtifactError(f"{path}: weights sha256 {model.sha256} is not the expected {sha256}")
+            same = self.get(model.version)
+            if same is not None and same.sha256 != model.sha256:
+                raise ArtifactError(
+                    f"{path}: version {model.version} is already loaded with other weights ({same.sha256[:12]}); "
+                    "give the new artifact a new version"
+                )
+        except ArtifactError as exc:
+            self.last_error = str(exc)
+            self.metrics.swaps.labels(action="load", outcome="refused").inc()
+            raise
+        finally:
+            self.loading = None
+        if self.current is not None and self.current.sha256 == model.sha256:
+            return self.status()  # already serving these weights
+        self.current, self.previous = model, self.current  # the flip: one assignment on the loop thread
+        self.last_error = None
+        self.metrics.model_version.set(_numeric(model.version))
+        self.metrics.swaps.labels(action="load", outcome="ok").inc()
+        return self.status()
+
+    def rollback(self) -> dict[str, Any]:
+        """Serve the previous model again (the current one becomes previous, so rollback toggles)."""
+        if self.previous is None:
+            raise ArtifactError("no previous model is loaded; nothing to roll back to")
+        self.current, self.previous = self.previous, self.current
+        self.metrics.model_version.set(_numeric(self.current.version))
+        self.metrics.swaps.labels(action="rollback", outcome="ok").inc()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model_name": self.name,
+            "current": self.current.describe() if self.current else None,
+            "previous": self.previous.describe() if self.previous else None,
+            "loading": self.loading,
+            "last_error": self.last_error,
+        }
+
+
+def _numeric(version: str) -> float:
+    try:
+        return float(version)
+    except ValueError:
+        return -1.0

@@ -1,0 +1,133 @@
+"""Both listeners (inference, management) on one uvloop event loop; SIGTERM/SIGINT shut down gracefully.
+
+The sockets are bound here, before uvicorn starts, so a busy port is a clear ConfigError and port 0 (any
+free port) reports the port actually bound through `on_ready`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from mlci.config import Config
+from mlci.errors import ConfigError
+from mlci.serve.app import InferenceApp
+from mlci.serve.auth import is_loopback, token_from_env
+from mlci.serve.batching import Batcher
+from mlci.serve.management import management_app
+from mlci.serve.manager import ModelManager
+from mlci.serve.metrics import Metrics
+
+ReadyCallback = Callable[[dict[str, Any]], None]
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the runner handles signals for both listeners
+        yield
+
+
+def _listen(host: str, port: int, key: str, source: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(source, key, port, f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def _uvicorn(app: Any, config: Config) -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=int(config.serving.graceful_timeout_s) or 1,
+        )
+    )
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(config: Config, artifact: Path, *, on_ready: ReadyCallback | None = None) -> None:
+    """Serve `artifact` until SIGTERM/SIGINT. Raises ConfigError/ArtifactError before listening."""
+    import uvloop
+
+    uvloop.run(_serve(config, Path(artifact), on_ready))
+
+
+async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None) -> None:
+    import torch
+
+    s = config.serving
+    torch.set_num_threads(s.threads)
+    src = config.source
+    token = token_from_env(s.token_env, "serving.token_env", src, required=bool(s.token_env))
+    mgmt_token = token_from_env(
+        s.management_token_env,
+        "serving.management_token_env",
+        src,
+        required=not is_loopback(s.management_host),
+    )
+    metrics = Metrics(s.model_name)
+    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size))
+    await manager.load(artifact)  # an ArtifactError here stops the server before it listens
+
+    batcher = Batcher(
+        max_rows=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000, queue_size=s.queue_size, metrics=metrics
+    )
+    inference = InferenceApp(
+        manager, batcher, metrics, max_rows=s.max_rows, max_body_bytes=s.max_body_bytes, token=token
+    )
+    sock = _listen(s.host, s.port, "serving.port", src)
+    msock = _listen(s.management_host, s.management_port, "serving.management_port", src)
+    servers = [_uvicorn(inference, config), _uvicorn(management_app(manager, mgmt_token), config)]
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            if server.should_exit:  # a second signal: stop waiting for in-flight requests
+                server.force_exit = True
+            server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    tasks = [
+        asyncio.ensure_future(servers[0].serve(sockets=[sock])),
+        asyncio.ensure_future(servers[1].serve(sockets=[msock])),
+    ]
+    try:
+        while not all(server.started for server in servers) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.005)
+        if on_ready is not None and all(server.started for server in servers):
+            current = manager.current
+            assert current is not None
+            on_ready(
+                {
+                    "url": _url(sock),
+                    "management_url": _url(msock),
+                    "model": s.model_name,
+                    "version": current.version,
+                    "artifact": str(current.path),
+                }
+            )
+        await asyncio.gather(*tasks)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        batcher.fail_all(ConnectionError("server stopped"))
