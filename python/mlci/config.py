@@ -82,6 +82,9 @@ class TrainConfig:
     weight_decay: float = _checked(0.0, non_negative())
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Data-parallel processes (torchrun/DDP; `--nproc N` sets it). batch_size is the global batch, split
+    # across them. Part of the run key: a different sharding trains a different model.
+    nproc: int = _checked(1, positive())
 
 
 @dataclass(frozen=True)
