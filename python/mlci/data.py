@@ -34,7 +34,7 @@ _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NAN = re.compile(r"[+-]?nan", re.IGNORECASE)
 _INF = re.compile(r"[+-]?inf(?:inity)?", re.IGNORECASE)
 # Control characters other than tab, CR and LF never occur in a text CSV: they mean binary junk.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +121,7 @@ def _read(path: Path, name: str, schema: Schema) -> tuple[np.ndarray, np.ndarray
     text = _text(path, name)
     header, rows = _rows(text, name)
     index = _header(header, name, schema)
+    _widths(rows, len(header), text, name)
     columns = list(zip(*rows, strict=True))
     x = np.empty((len(rows), len(schema.features)), dtype=np.float64)
     for j, column in enumerate(schema.features):
@@ -140,37 +141,55 @@ def _text(path: Path, name: str) -> str:
         raise DataError(name, f"cannot be read ({exc.strerror})") from None
     if not data.strip():
         raise DataError(name, "the file is empty (expected a header row, then data rows)")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(name, "not UTF-8: the file is UTF-16 (it starts with a UTF-16 byte-order mark)")
+    # Control bytes are ASCII, so they mean the same in any encoding: look for them before decoding, so that
+    # binary junk is called binary rather than "not UTF-8".
+    junk = _CONTROL_BYTES.search(data)
+    if junk:
+        line = data.count(b"\n", 0, junk.start()) + 1
+        raise DataError(
+            name,
+            f"binary or garbled content: control byte 0x{junk.group()[0]:02x} at file line {line} "
+            f"(byte offset {junk.start()})",
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            name,
-            f"not UTF-8: byte 0x{data[exc.start]:02x} at file line {line} (byte offset {exc.start}) "
-            "cannot be decoded; save the file as UTF-8",
-        ) from None
-    text = text.removeprefix("\ufeff")  # a byte-order mark, as spreadsheet programs write
-    junk = _CONTROL.search(text)
-    if junk:
-        line = text.count("\n", 0, junk.start()) + 1
-        raise DataError(
-            name,
-            f"binary or garbled content: control character {junk.group()!r} at file line {line} "
-            f"(character offset {junk.start()})",
-        )
-    return text
+        why = f"not UTF-8: byte 0x{data[exc.start]:02x} at file line {line} (byte offset {exc.start}) "
+        if exc.end == len(data) and "unexpected end" in exc.reason:
+            why += "starts a character the file ends inside of: the file looks truncated"
+        else:
+            why += "cannot be decoded; save the file as UTF-8"
+        raise DataError(name, why) from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as spreadsheet programs write
 
 
 def _rows(text: str, name: str) -> tuple[list[str], list[list[str]]]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[list[str]] = []
+    line = 0  # the file line the last complete row ended on
     try:
-        header = next(reader)
-        rows = list(reader)
+        for row in reader:
+            rows.append(row)
+            line = reader.line_num
     except csv.Error as exc:
-        raise DataError(name, f"garbled CSV at file line {reader.line_num}: {exc}") from None
-    if not rows:
+        where = f"row {len(rows)}" if rows else "the header"
+        raise DataError(
+            name,
+            f"garbled CSV in the record that starts at file line {line + 1} ({where}): {exc}"
+            + ("; look for an unbalanced quote" if "field limit" in str(exc) else ""),
+        ) from None
+    if not rows or not any(rows[0]):
+        raise DataError(name, "line 1 must be the header row, but it is blank")
+    if len(rows) == 1:
         raise DataError(name, "no data rows after the header")
-    width = len(header)
+    return rows[0], rows[1:]
+
+
+def _widths(rows: list[list[str]], width: int, text: str, name: str) -> None:
+    """Every row has as many fields as the header; a short last line without a newline is a truncated file."""
     for i, row in enumerate(rows):
         if len(row) == width:
             continue
@@ -182,7 +201,6 @@ def _rows(text: str, name: str) -> tuple[list[str], list[list[str]]]:
         if last and not text.endswith(("\n", "\r")):
             why += "; the last line has no newline: the file looks truncated"
         raise DataError(name, why, row=i + 1, value=",".join(row) if len(row) < 8 else None)
-    return header, rows
 
 
 def _header(header: list[str], name: str, schema: Schema) -> dict[str, int]:

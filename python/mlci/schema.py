@@ -87,6 +87,7 @@ def schema_from_dict(raw: dict[str, Any], *, file: str = "<schema>") -> Schema:
 
     defaults = _table(raw, "defaults", file)
     _only(defaults, _COLUMN_KEYS, "defaults.", file)
+    _column("", defaults, file, key="defaults")  # its own mistakes are named as defaults.<key>
     features_table = _table(raw, "features", file)
     if not features_table:
         raise ConfigError(file, "features", features_table, "must list at least one feature column")
@@ -101,8 +102,8 @@ def schema_from_dict(raw: dict[str, Any], *, file: str = "<schema>") -> Schema:
     return Schema(file=file, label=label, classes=classes, features=tuple(features), allow_duplicate_rows=allow_dup)
 
 
-def _column(name: str, spec: dict[str, Any], file: str) -> Column:
-    key = f"features.{name}"
+def _column(name: str, spec: dict[str, Any], file: str, *, key: str = "") -> Column:
+    key = key or f"features.{name}"
     dtype = spec.get("dtype", "float")
     if dtype not in DTYPES:
         raise ConfigError(file, f"{key}.dtype", dtype, f"must be one of {', '.join(map(repr, DTYPES))}")

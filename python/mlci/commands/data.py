@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from mlci.commands import config_of, parse, parser
@@ -17,15 +16,10 @@ def run(argv: Sequence[str]) -> int:
     )
     args = parse(p, argv)
     config = config_of(args)
-    start = time.perf_counter()
     ds = check(config)
-    elapsed_ms = (time.perf_counter() - start) * 1000
     files = data_files(config)[:-1]
     digests = ", ".join(
         f"{name} sha256:{file_sha256(path)[:12]}" for name, path in zip(config.data.files, files, strict=True)
     )
-    print(
-        f"data OK: {len(ds)} rows, {len(ds.features)} features + label, {len(ds.classes)} classes "
-        f"({digests}) checked in {elapsed_ms:.0f} ms"
-    )
+    print(f"data OK: {len(ds)} rows, {len(ds.features)} features + label, {len(ds.classes)} classes ({digests})")
     return 0
