@@ -282,6 +282,14 @@ class Registry:
             )
         )
 
+    def curves(self, run_id: str) -> list[str]:
+        """Names of the metrics logged per step (epoch) for a run, in the order first logged."""
+        rows = self._db.execute(
+            "SELECT name FROM metrics WHERE run_id = ? AND step IS NOT NULL GROUP BY name ORDER BY MIN(rowid)",
+            (run_id,),
+        )
+        return [r[0] for r in rows]
+
     def add_artifact(self, run_id: str, kind: str, path: str | Path, sha256: str, size: int) -> None:
         with self._write() as db:
             db.execute(
