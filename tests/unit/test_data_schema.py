@@ -1,0 +1,139 @@
+"""The schema file and the library API: schema mistakes, float/NaN columns, string labels, several files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlci.config import Config, load_config
+from mlci.data import check, data_files, load_schema
+from mlci.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMALL_SCHEMA = """
+[options]
+allow_duplicate_rows = false
+
+[label]
+column = "kind"
+classes = ["cat", "dog"]
+
+[defaults]
+dtype = "float"
+
+[features]
+weight = { min = 0.0, nan = true }
+legs = { dtype = "int", min = 0, max = 4 }
+"""
+
+
+def write_project(tmp_path: Path, schema: str, files: dict[str, str]) -> Config:
+    (tmp_path / "schema.toml").write_text(schema)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    listed = ", ".join(f'"{name}"' for name in files)
+    (tmp_path / "mlci.toml").write_text(f'[data]\nfiles = [{listed}]\nschema = "schema.toml"\n')
+    return load_config(tmp_path / "mlci.toml")
+
+
+def test_bundled_schema() -> None:
+    schema = load_schema(load_config(ROOT / "mlci.toml"))
+    assert schema.label == "label" and schema.classes == tuple(range(10))
+    assert len(schema.features) == 64 and not schema.allow_duplicate_rows
+    assert all(c.dtype == "int" and (c.min, c.max) == (0, 16) and not c.nan for c in schema.features)
+
+
+def test_float_columns_nan_and_string_labels(tmp_path: Path) -> None:
+    config = write_project(tmp_path, SMALL_SCHEMA, {"a.csv": "kind,legs,weight\ncat,4,3.5\ndog,4,nan\ncat,3,\n"})
+    ds = check(config)
+    assert ds.features == ["weight", "legs"] and ds.classes == ["cat", "dog"]
+    assert ds.y.tolist() == [0, 1, 0]
+    assert ds.x[0].tolist() == [3.5, 4.0]
+    assert np.isnan(ds.x[1, 0]) and np.isnan(ds.x[2, 0])
+
+
+def test_float_column_rejects_text(tmp_path: Path) -> None:
+    config = write_project(tmp_path, SMALL_SCHEMA, {"a.csv": "kind,legs,weight\ncat,4,3.5\ndog,4,heavy\n"})
+    with pytest.raises(DataError) as info:
+        check(config)
+    assert (info.value.file, info.value.row, info.value.column, info.value.value) == ("a.csv", 2, "weight", "heavy")
+    assert "not a number" in info.value.why and "float" in info.value.why
+
+
+def test_int_labels_accept_leading_zeros(tmp_path: Path) -> None:
+    schema = '[label]\ncolumn = "y"\nclasses = [3, 7]\n[features]\nf = {}\n'
+    ds = check(write_project(tmp_path, schema, {"a.csv": "f,y\n1,07\n2,3\n"}))
+    assert ds.y.tolist() == [1, 0]
+
+
+def test_several_files_concatenate_and_duplicates_across_files(tmp_path: Path) -> None:
+    files = {"a.csv": "kind,legs,weight\ncat,4,3.5\n", "b.csv": "weight,legs,kind\n9,2,dog\n3.5,4,cat\n"}
+    config = write_project(tmp_path, SMALL_SCHEMA, files)
+    with pytest.raises(DataError) as info:
+        check(config)
+    assert str(info.value) == (
+        "b.csv: row 2: duplicate of row 1 of a.csv (same features and label); "
+        "set options.allow_duplicate_rows = true in the schema to allow it"
+    )
+    (tmp_path / "b.csv").write_text("weight,legs,kind\n9,2,dog\n")
+    ds = check(config)
+    assert ds.x.tolist() == [[3.5, 4.0], [9.0, 2.0]] and ds.y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("schema", "key", "why"),
+    [
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n[features]\nf = {}\n[extra]\n", "extra", "unknown key"),
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n[features]\nf = { typ = 'int' }\n", "features.f.typ", "unknown"),
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n[features]\nf = { dtype = 'str' }\n", "features.f.dtype", "one of"),
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n[features]\nf = { min = 2, max = 1 }\n", "features.f.min", "greater"),
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n[features]\nf = { min = 'a' }\n", "features.f.min", "number"),
+        ("[label]\ncolumn='y'\nclasses=[0]\n[features]\nf={ dtype='int', nan=true }\n", "features.f.nan", "int"),
+        ("[label]\ncolumn = 'y'\nclasses = [0, 'a']\n[features]\nf = {}\n", "label.classes", "all integers"),
+        ("[label]\ncolumn = 'y'\nclasses = [1, 1]\n[features]\nf = {}\n", "label.classes", "twice"),
+        ("[label]\ncolumn = 'y'\nclasses = []\n[features]\nf = {}\n", "label.classes", "non-empty"),
+        ("[label]\nclasses = [0]\n[features]\nf = {}\n", "label.column", "label column"),
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n[features]\ny = {}\n", "features.y", "label column"),
+        ("[label]\ncolumn = 'y'\nclasses = [0]\n", "features", "at least one"),
+        (
+            "[label]\ncolumn = 'y'\nclasses = [0]\n[options]\nallow_duplicate_rows = 1\n[features]\nf = {}\n",
+            "options.allow_duplicate_rows",
+            "true or false",
+        ),
+        ("[label\n", "<file>", "not valid TOML"),
+    ],
+)
+def test_schema_mistakes_name_the_key(tmp_path: Path, schema: str, key: str, why: str) -> None:
+    config = write_project(tmp_path, schema, {"a.csv": "f,y\n1,0\n"})
+    with pytest.raises(ConfigError) as info:
+        load_schema(config)
+    assert info.value.file == "schema.toml" and info.value.key == key and why in info.value.why
+
+
+def test_missing_schema_file_names_the_config_key(tmp_path: Path) -> None:
+    config = write_project(tmp_path, SMALL_SCHEMA, {"a.csv": "x\n"})
+    (tmp_path / "schema.toml").unlink()
+    with pytest.raises(ConfigError) as info:
+        check(config)
+    assert info.value.key == "data.schema" and "not found" in info.value.why
+
+
+def test_data_files_lists_data_then_schema(tmp_path: Path) -> None:
+    config = write_project(tmp_path, SMALL_SCHEMA, {"a.csv": "x\n", "b.csv": "x\n"})
+    assert data_files(config) == [(tmp_path / n).resolve() for n in ("a.csv", "b.csv", "schema.toml")]
+
+
+def test_data_files_does_not_import_numpy() -> None:
+    """`mlci train`'s no-op path hashes data_files(); importing numpy there would cost ~100 ms."""
+    code = (
+        "import sys; from mlci.config import load_config; from mlci.data import data_files; "
+        f"data_files(load_config({str(ROOT / 'mlci.toml')!r})); "
+        "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
