@@ -163,7 +163,10 @@ def _text(path: Path, name: str) -> str:
         else:
             why += "cannot be decoded; save the file as UTF-8"
         raise DataError(name, why) from None
-    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as spreadsheet programs write
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as spreadsheet programs write
+    if not text.strip():
+        raise DataError(name, "the file is empty (expected a header row, then data rows)")
+    return text
 
 
 def _rows(text: str, name: str) -> tuple[list[str], list[list[str]]]:
@@ -181,6 +184,8 @@ def _rows(text: str, name: str) -> tuple[list[str], list[list[str]]]:
             f"garbled CSV in the record that starts at file line {line + 1} ({where}): {exc}"
             + ("; look for an unbalanced quote" if "field limit" in str(exc) else ""),
         ) from None
+    while rows and not rows[-1]:  # blank lines at the very end lose nothing; tolerate them
+        rows.pop()
     if not rows or not any(rows[0]):
         raise DataError(name, "line 1 must be the header row, but it is blank")
     if len(rows) == 1:
@@ -195,8 +200,7 @@ def _widths(rows: list[list[str]], width: int, text: str, name: str) -> None:
             continue
         last = i == len(rows) - 1
         if not row:
-            why = "blank line" + (" at the end of the file" if last else "; every row needs all columns")
-            raise DataError(name, why, row=i + 1)
+            raise DataError(name, "blank line; every row needs all columns", row=i + 1)
         why = f"has {len(row)} fields but the header has {width}"
         if last and not text.endswith(("\n", "\r")):
             why += "; the last line has no newline: the file looks truncated"
@@ -239,7 +243,7 @@ def _feature(cells: Sequence[str], column: Column, name: str) -> list[float]:
         bad[token] = why
     if bad:  # report the column's first bad cell, whatever order the set came in
         row, token = _first(cells, bad)
-        raise DataError(name, bad[token], row=row, column=column.name, value=token)
+        raise DataError(name, bad[token], row=row, column=column.name, value=_shown(token))
     return [values[c] for c in cells]
 
 
@@ -259,6 +263,11 @@ def _bad_token(token: str, column: Column) -> str | None:
     if _FLOAT.fullmatch(token):
         return None
     return "not a number (the schema's dtype for this column is float)"
+
+
+def _shown(token: str) -> str:
+    """A cell as it goes into a message: long ones cut, so that one bad cell cannot flood the terminal."""
+    return token if len(token) <= 40 else f"{token[:37]}..."
 
 
 def _first(cells: Sequence[str], bad: set[str] | dict[str, str]) -> tuple[int, str]:
@@ -294,7 +303,7 @@ def _labels(cells: Sequence[str], schema: Schema, name: str) -> np.ndarray:
         row, token = _first(cells, bad)
         shown = ", ".join(map(str, schema.classes[:20])) + (", ..." if len(schema.classes) > 20 else "")
         why = f"not in the label set of the schema {schema.file} ({shown})"
-        raise DataError(name, why, row=row, column=schema.label, value=token)
+        raise DataError(name, why, row=row, column=schema.label, value=_shown(token))
     return np.array([lookup[c] for c in cells], dtype=np.int64)
 
 

@@ -163,8 +163,13 @@ def test_duplicate_header_column(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "why"),
-    [(b"", "empty"), (b"\n\n", "empty"), (bundled().splitlines(keepends=True)[0].encode(), "no data rows")],
-    ids=["zero-bytes", "blank-lines", "header-only"],
+    [
+        (b"", "empty"),
+        (b"\n\n", "empty"),
+        (b"\xef\xbb\xbf\n", "empty"),
+        (bundled().splitlines(keepends=True)[0].encode(), "no data rows"),
+    ],
+    ids=["zero-bytes", "blank-lines", "byte-order-mark-only", "header-only"],
 )
 def test_empty_file(tmp_path: Path, content: bytes, why: str) -> None:
     expect_error(project(tmp_path, content), "data/digits.csv", why)
@@ -237,6 +242,17 @@ def test_not_utf8(tmp_path: Path) -> None:
     lines = data.splitlines(keepends=True)
     lines[3] = lines[3].replace(b"0,", "é,".encode("latin-1"), 1)
     expect_error(project(tmp_path, b"".join(lines)), "not UTF-8", "0xe9", "file line 4")
+
+
+def test_long_bad_value_is_cut_in_the_message(tmp_path: Path) -> None:
+    message = expect_error(project(tmp_path, set_cell(bundled(), 8, "px_1_2", "9" * 400)), "row 8", "too large")
+    assert len(message) < 200 and "99..." in message
+
+
+def test_windows_line_ends_and_trailing_blank_lines_are_accepted(tmp_path: Path) -> None:
+    result = mlci_data(project(tmp_path, bundled().replace("\n", "\r\n") + "\r\n\r\n"))
+    assert result.returncode == 0, result.stderr
+    assert "1797 rows" in result.stdout
 
 
 def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
