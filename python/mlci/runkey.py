@@ -118,7 +118,8 @@ def _git_state(root: Path) -> tuple[Path, str | None, str, bytes, list[Path]] | 
     if head is None:  # no commit yet: every tracked file counts by content
         tracked = _git(toplevel, "ls-files", "-z", "--cached") or b""
         files = sorted(toplevel / p for p in tracked.decode().split("\0") if p)
-        return toplevel, None, "none", hash_files(files, names_relative_to=toplevel, missing_ok=True).encode(), untracked
+        content = hash_files(files, names_relative_to=toplevel, missing_ok=True).encode()
+        return toplevel, None, "none", content, untracked
     commit, tree = head.decode().split()
     diff = _git(toplevel, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff") or b""
     return toplevel, commit, tree, diff, untracked

@@ -1,0 +1,254 @@
+"""Training: fit the configured model on the training split and record the run in the registry.
+
+One code path serves one process and N data-parallel processes (torchrun/DDP): batches are drawn through a
+DistributedSampler (with one replica it is a seeded shuffle), `train.batch_size` is the global batch, and the
+epoch's loss/accuracy are summed over all processes. Only rank 0 writes the registry and the artifact.
+
+Determinism: seeds are fixed (device.seed_everything) and the sampler is seeded per epoch, so the same inputs
+on the same CPU give the same weights, metrics and artifact sha256.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlci import device as devices
+from mlci.config import Config
+
+if TYPE_CHECKING:
+    from mlci.data import Dataset
+    from mlci.model import Classifier
+    from mlci.registry import Registry, Run
+    from mlci.runkey import RunKey
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    epochs: int
+    loss: float  # mean cross-entropy over the epoch's samples (all processes)
+    accuracy: float  # fraction predicted right while training
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: Classifier  # on CPU, eval mode, fp32 weights
+    history: list[EpochStats]
+    device: devices.Device
+
+
+OnEpoch = Callable[[EpochStats], None]
+
+
+# --- the pipeline step -------------------------------------------------------------------------------------
+
+
+def train(config: Config, dataset: Dataset, registry: Registry, key: RunKey, *, on_epoch: OnEpoch | None = None) -> Run:
+    """Create a run for `key`, train (in this process or through torchrun), record metrics and the model
+    artifact, and mark the run succeeded. Any failure marks it failed (with the error) and re-raises."""
+    from mlci import data
+
+    train_ds, _ = data.split(dataset, config.data.eval_fraction, config.data.split_seed)
+    nproc = config.train.nproc
+    device = devices.choose(config.train.device)
+    run = registry.create_run(
+        key.key,
+        params=config.to_dict(),
+        environment=environment(device, nproc),
+        git_commit=key.git_commit,
+        dirty=key.dirty,
+        data_hash=key.data_hash,
+    )
+    try:
+        if nproc > 1:
+            from mlci import ddp
+
+            ddp.launch(config, registry.path, run.id, nproc, device.kind)
+            if registry.run(run.id).artifact("model") is None:
+                raise RuntimeError(f"the {nproc} training processes exited without writing the model artifact")
+        else:
+
+            def log_epoch(stats: EpochStats) -> None:
+                log_epoch_metrics(registry, run.id, stats)
+                if on_epoch is not None:
+                    on_epoch(stats)
+
+            fitted = fit(config, train_ds, device=device, on_epoch=log_epoch)
+            record(config, registry, run, train_ds, fitted)
+        registry.finish_run(run.id, "succeeded")
+    except BaseException as exc:
+        registry.finish_run(run.id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    return registry.run(run.id)
+
+
+def environment(device: devices.Device, nproc: int) -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device.kind,
+        "device_name": device.name,
+        "gpu_name": device.name if device.kind == "cuda" else None,
+        "precision": device.precision,
+        "nproc": nproc,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def log_epoch_metrics(registry: Registry, run_id: str, stats: EpochStats) -> None:
+    registry.log_metrics(run_id, {"train_loss": stats.loss, "train_accuracy": stats.accuracy}, step=stats.epoch)
+
+
+def record(config: Config, registry: Registry, run: Run, train_ds: Dataset, fitted: Fitted) -> None:
+    """Final train metrics (the finished model on the whole training split) and the model artifact."""
+    from mlci.artifacts import package
+
+    loss, accuracy = score(fitted.model, train_ds)
+    registry.log_metrics(run.id, {"train_loss": loss, "train_accuracy": accuracy})
+    ref = package(
+        config.path(config.registry.artifacts),
+        fitted.model,
+        model_name=config.serving.model_name,
+        version=run.seq,
+        run_id=run.id,
+        factory=config.model.factory,
+        params=config.model.params,
+        features=list(train_ds.features),
+        classes=list(train_ds.classes),
+        smoke_input=smoke_rows(train_ds),
+        config=config.to_dict(),
+    )
+    registry.add_artifact(run.id, "model", ref.path, ref.sha256, ref.bytes)
+
+
+def smoke_rows(ds: Dataset) -> list[list[float]]:
+    """One real training row per class present (the first of each), in class order: the smoke-test input."""
+    import numpy as np
+
+    first = [int(np.flatnonzero(ds.y == c)[0]) for c in range(len(ds.classes)) if (ds.y == c).any()]
+    return ds.x[first].astype(np.float32).tolist()
+
+
+def score(model: Classifier, ds: Dataset) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on `ds`, CPU fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+    with torch.inference_mode():
+        logits = model.eval()(x).float()
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+# --- fitting -------------------------------------------------------------------------------------------------
+
+
+def fit(
+    config: Config,
+    train_ds: Dataset,
+    *,
+    device: devices.Device | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    on_epoch: OnEpoch | None = None,
+) -> Fitted:
+    """Train `config.model` on `train_ds`. With world_size > 1 the default process group must be set up
+    (ddp.worker does it); every rank gets the same data and draws its own shard of each epoch."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data.distributed import DistributedSampler
+
+    from mlci.model import build_model
+
+    t = config.train
+    device = device or devices.choose(t.device)
+    devices.seed_everything(t.seed)
+    model = build_model(
+        config.model.factory, config.model.params, len(train_ds.features), len(train_ds.classes), source=config.source
+    )
+    mean, std = standardization(train_ds)
+    model.standardize.mean.copy_(mean)
+    model.standardize.std.copy_(std)
+    model.to(device.torch_device)
+    net: torch.nn.Module = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.torch_device.index] if device.kind == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    x = torch.from_numpy(train_ds.x).to(device.torch_device)
+    y = torch.from_numpy(train_ds.y).to(device.torch_device)
+    sampler = DistributedSampler(range(len(y)), num_replicas=world_size, rank=rank, shuffle=True, seed=t.seed)
+    per_rank = max(1, -(-t.batch_size // world_size))
+    autocast = device.autocast_dtype is not None
+    history: list[EpochStats] = []
+    for epoch in range(t.epochs):
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long, device=device.torch_device)
+        totals = torch.zeros(3, dtype=torch.float64, device=device.torch_device)  # loss sum, right, seen
+        net.train()
+        for start in range(0, len(order), per_rank):
+            rows = order[start : start + per_rank]
+            xb, yb = x[rows], y[rows]
+            with torch.autocast(device.kind, dtype=device.autocast_dtype, enabled=autocast):
+                logits = net(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                right = (logits.argmax(1) == yb).sum()
+                totals += torch.stack([loss.detach().double() * len(rows), right.double(), torch.tensor(
+                    float(len(rows)), dtype=torch.float64, device=device.torch_device)])  # fmt: skip
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals)
+        loss_sum, right, seen = totals.tolist()
+        stats = EpochStats(epoch + 1, t.epochs, loss_sum / seen, right / seen)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    model = model.to("cpu").float().eval()
+    return Fitted(model, history, device)
+
+
+def standardization(ds: Dataset) -> tuple[Any, Any]:
+    """Per-feature mean and std of the training split; a constant feature gets std 1 (no division by 0)."""
+    import numpy as np
+    import torch
+
+    x = ds.x.astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std < 1e-8, 1.0, std)
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+
+# --- one training per registry at a time ----------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(registry_path: Path) -> Iterator[None]:
+    """Hold an OS lock next to the registry, so two `mlci train` started at once run one after the other
+    (the second then finds the first's run). Released by the kernel even if the process dies."""
+    lock_path = Path(f"{registry_path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
