@@ -80,14 +80,14 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
     url = check_url(target.url)
     if target.artifact is not None and not Path(target.artifact).exists():
         raise UsageError(f"--artifact {target.artifact}: no such file or directory")
+    out = (output or config.path(lt.output)).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY_FILE).unlink(missing_ok=True)  # a failed run must not leave the previous verdict behind
     model_input = resolve_input(config, target, url)
     run_id = target.run_id or model_input.run_id
     if record and not run_id:
         raise UsageError("--record needs the run to record into: give --run-id or --artifact")
     registry_path = config.path(config.registry.path)
-    out = (output or config.path(lt.output)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY_FILE).unlink(missing_ok=True)  # a crash must not leave the previous verdict behind
 
     plan = {
         "path": payload.infer_path(model_input.model_name),

@@ -17,7 +17,9 @@ import itertools
 import json
 import os
 
-from locust import FastHttpUser, constant, constant_throughput, task
+import gevent
+import locust.stats
+from locust import FastHttpUser, constant, constant_throughput, events, task
 
 with open(os.environ["MLCI_LOADTEST_PLAN"], encoding="utf-8") as _file:
     PLAN = json.load(_file)
@@ -43,7 +45,21 @@ class InferUser(FastHttpUser):
         with self.client.post(
             PLAN["path"], data=next(self._bodies), headers=_HEADERS, name="infer", catch_response=True
         ) as response:
-            if response.status_code != 200:
+            if response.status_code == 0:  # no HTTP answer at all: the connection failed
+                response.failure(f"connection error: {response.error!r}")
+            elif response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
             elif b'"outputs"' not in (response.content or b""):
                 response.failure("200 without 'outputs' in the body")
+
+
+@events.quitting.add_listener
+def _final_csv(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Let Locust's CSV writer take one more turn now that the stats are final.
+
+    It rewrites locust_stats.csv every CSV_STATS_INTERVAL_SEC and not at exit, so without this the CSV
+    misses up to the last second of the run (the HTML and JSON reports, written at exit, do not).
+    """
+    options = environment.parsed_options
+    if options is not None and getattr(options, "csv_prefix", None) and not getattr(options, "worker", False):
+        gevent.sleep(locust.stats.CSV_STATS_INTERVAL_SEC + 0.25)
