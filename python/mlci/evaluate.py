@@ -426,22 +426,18 @@ def evaluate_run(config: Config, registry: Registry, run: Run) -> Evaluation:
     import dataclasses
 
     evaluation = evaluate(config, registry, run)
-    promote = evaluation.passed and evaluation.champion_id is None
-    if promote:
-        evaluation = dataclasses.replace(evaluation, promoted=True)
+    if evaluation.passed and evaluation.champion_id is None:
+        evidence = {
+            "gates": [g.to_dict() for g in evaluation.gates],
+            "accuracy": evaluation.candidate.accuracy.to_list(),
+            "macro_f1": evaluation.candidate.macro_f1.to_list(),
+            "report": str(config.path(config.registry.reports) / run.id / "report.md"),
+        }
+        # Atomic "only if still vacant": another evaluation may have crowned a champion meanwhile.
+        if registry.promote_first(run.id, evidence=evidence, outcome="first champion"):
+            evaluation = dataclasses.replace(evaluation, promoted=True)
     registry.add_evaluation(run.id, evaluation.champion_id, evaluation.passed, evaluation.to_dict())
     registry.log_metrics(run.id, headline(evaluation))
-    if promote:
-        registry.promote(
-            run.id,
-            evidence={
-                "gates": [g.to_dict() for g in evaluation.gates],
-                "accuracy": evaluation.candidate.accuracy.to_list(),
-                "macro_f1": evaluation.candidate.macro_f1.to_list(),
-                "report": str(config.path(config.registry.reports) / run.id / "report.md"),
-            },
-            outcome="first champion",
-        )
     return evaluation
 
 

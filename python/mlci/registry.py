@@ -182,8 +182,17 @@ class Registry:
             db.execute(
                 "INSERT INTO runs (id, seq, key, status, git_commit, dirty, data_hash, params, environment,"
                 " created_at) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (run_id, seq, key, git_commit, int(dirty), data_hash, json.dumps(params, sort_keys=True),
-                 json.dumps(environment, sort_keys=True), now()),
+                (
+                    run_id,
+                    seq,
+                    key,
+                    git_commit,
+                    int(dirty),
+                    data_hash,
+                    json.dumps(params, sort_keys=True),
+                    json.dumps(environment, sort_keys=True),
+                    now(),
+                ),
             )
         return self.run(run_id)
 
@@ -269,9 +278,7 @@ class Registry:
             )
 
     def metrics(self, run_id: str) -> dict[str, float]:
-        return dict(
-            self._db.execute("SELECT name, value FROM metrics WHERE run_id = ? AND step IS NULL", (run_id,))
-        )
+        return dict(self._db.execute("SELECT name, value FROM metrics WHERE run_id = ? AND step IS NULL", (run_id,)))
 
     def history(self, run_id: str, name: str) -> list[tuple[int, float]]:
         """A metric's curve: (step, value) pairs in step order."""
@@ -333,15 +340,35 @@ class Registry:
     ) -> LedgerEntry:
         """Make `run_id` the champion and append the promotion to the ledger, in one transaction."""
         with self._write() as db:
-            if db.execute("SELECT 1 FROM runs WHERE id = ? AND status = 'succeeded'", (run_id,)).fetchone() is None:
-                raise RegistryError(f"{self.path}: run {run_id!r} does not exist or did not succeed")
-            db.execute(
-                "INSERT INTO champion (slot, run_id, since) VALUES (1, ?, ?)"
-                " ON CONFLICT (slot) DO UPDATE SET run_id = excluded.run_id, since = excluded.since",
-                (run_id, now()),
-            )
-            self._append_ledger(db, run_id, evidence, hosts or [], who, outcome)
+            self._promote(db, run_id, evidence, hosts or [], who, outcome)
         return self.ledger()[-1]
+
+    def promote_first(self, run_id: str, *, evidence: dict[str, Any], outcome: str = "first champion") -> bool:
+        """Promote `run_id` only if there is no champion yet (checked in the same transaction, so two
+        evaluations racing cannot both become "first"). True when it was promoted."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM champion WHERE slot = 1").fetchone() is not None:
+                return False
+            self._promote(db, run_id, evidence, [], None, outcome)
+        return True
+
+    def _promote(
+        self,
+        db: sqlite3.Connection,
+        run_id: str,
+        evidence: dict[str, Any],
+        hosts: list[str],
+        who: str | None,
+        outcome: str,
+    ) -> None:
+        if db.execute("SELECT 1 FROM runs WHERE id = ? AND status = 'succeeded'", (run_id,)).fetchone() is None:
+            raise RegistryError(f"{self.path}: run {run_id!r} does not exist or did not succeed")
+        db.execute(
+            "INSERT INTO champion (slot, run_id, since) VALUES (1, ?, ?)"
+            " ON CONFLICT (slot) DO UPDATE SET run_id = excluded.run_id, since = excluded.since",
+            (run_id, now()),
+        )
+        self._append_ledger(db, run_id, evidence, hosts, who, outcome)
 
     def record(
         self,

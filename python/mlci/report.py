@@ -139,8 +139,9 @@ def _metrics_blocks(ev: Evaluation, extra: tuple[str, Metrics, Difference] | Non
         f"{ev.resamples} resamples (seed {ev.seed}), differences paired on the same resamples."
     )
     blocks: list[Block] = [Heading(2, "Metrics"), Para(intro), Table(header, rows)]
-    if ev.champion is None and ev.champion_id is None:
-        blocks.append(Para("No champion yet: nothing to compare with."))
+    if ev.champion is None:
+        why = "No champion yet" if ev.champion_id is None else f"{ev.run_id} is the champion"
+        blocks.append(Para(f"{why}: nothing to compare with."))
     if extra is not None and extra not in columns:
         role = "the candidate itself" if extra[1].run_id == ev.run_id else "the champion"
         blocks.append(Para(f"{extra[0]} is {role}: see its column above."))

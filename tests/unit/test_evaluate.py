@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,18 @@ def test_an_empty_evaluation_split_is_a_data_error() -> None:
 
     with pytest.raises(DataError, match="empty"):
         ev.bootstrap(np.array([], dtype=np.int64), {"a": np.array([], dtype=np.int64)}, 3, resamples=10, seed=0)
+
+
+def test_only_the_first_passing_run_is_promoted_by_evaluation(tmp_path: Path) -> None:
+    from mlci.registry import Registry
+
+    with Registry(tmp_path / "registry.db") as registry:
+        runs = []
+        for _ in range(2):
+            run = registry.create_run("k", params={}, environment={})
+            registry.finish_run(run.id)
+            runs.append(run.id)
+        assert registry.promote_first(runs[0], evidence={"why": "first"})
+        assert not registry.promote_first(runs[1], evidence={"why": "second"})
+        assert registry.champion().id == runs[0]
+        assert [(e.run_id, e.outcome) for e in registry.ledger()] == [(runs[0], "first champion")]
