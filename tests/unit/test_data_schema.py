@@ -137,3 +137,50 @@ def test_data_files_does_not_import_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+WIDE_SCHEMA = """
+[label]
+column = "y"
+classes = [0, 1]
+
+[features]
+a = { min = -10.0, max = 10.0, nan = true }
+n = { dtype = "int" }
+"""
+
+
+def wide_csv(n: int, edits: dict[tuple[int, str], str] | None = None) -> str:
+    """n rows of distinct real values (the checker's per-cell path, not its per-distinct-value one)."""
+    rows = [{"a": f"{(i * 0.37) % 19 - 9.5:.6f}", "n": str(i * 7919), "y": str(i % 2)} for i in range(n)]
+    for (row, column), value in (edits or {}).items():
+        rows[row - 1][column] = value
+    return "a,n,y\n" + "".join(f"{r['a']},{r['n']},{r['y']}\n" for r in rows)
+
+
+def test_many_distinct_values_parse_exactly(tmp_path: Path) -> None:
+    ds = check(write_project(tmp_path, WIDE_SCHEMA, {"w.csv": wide_csv(400, {(3, "a"): "", (9, "a"): "NaN"})}))
+    assert len(ds) == 400 and np.isnan(ds.x[[2, 8], 0]).all()
+    assert ds.x[10, 0] == np.float32(float(f"{(10 * 0.37) % 19 - 9.5:.6f}")) and ds.x[399, 1] == 399 * 7919
+
+
+@pytest.mark.parametrize(
+    ("edits", "row", "column", "value", "why"),
+    [
+        ({(250, "a"): "1.2.3"}, 250, "a", "1.2.3", "not a number"),
+        ({(250, "n"): "5.5"}, 250, "n", "5.5", "not an integer"),
+        ({(300, "a"): "abc", (120, "a"): "11.5"}, 120, "a", "11.5", "above the schema's max"),
+        ({(30, "a"): "x", (120, "a"): "-11"}, 30, "a", "x", "not a number"),
+        ({(77, "a"): "-inf"}, 77, "a", "-inf", "infinite"),
+        ({(78, "n"): ""}, 78, "n", "", "NaN is not allowed"),
+        ({(79, "a"): "1e999"}, 79, "a", "1e999", "too large"),
+    ],
+)
+def test_many_distinct_values_first_bad_cell(
+    tmp_path: Path, edits: dict[tuple[int, str], str], row: int, column: str, value: str, why: str
+) -> None:
+    config = write_project(tmp_path, WIDE_SCHEMA, {"w.csv": wide_csv(400, edits)})
+    with pytest.raises(DataError) as info:
+        check(config)
+    assert (info.value.row, info.value.column, info.value.value) == (row, column, value)
+    assert why in info.value.why
