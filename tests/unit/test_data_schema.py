@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlci.config import Config, load_config
+from mlci.config import Config, config_from_dict, load_config
 from mlci.data import check, data_files, load_schema
 from mlci.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def bundled_config() -> Config:
+    """The bundled data and schema, whatever else the repository's mlci.toml says today."""
+    raw = {"data": {"files": ["data/digits.csv"], "schema": "data/schema.toml"}}
+    return dataclasses.replace(config_from_dict(raw), root=ROOT)
+
 
 SMALL_SCHEMA = """
 [options]
@@ -42,7 +50,7 @@ def write_project(tmp_path: Path, schema: str, files: dict[str, str]) -> Config:
 
 
 def test_bundled_schema() -> None:
-    schema = load_schema(load_config(ROOT / "mlci.toml"))
+    schema = load_schema(bundled_config())
     assert schema.label == "label" and schema.classes == tuple(range(10))
     assert len(schema.features) == 64 and not schema.allow_duplicate_rows
     assert all(c.dtype == "int" and (c.min, c.max) == (0, 16) and not c.nan for c in schema.features)
@@ -128,11 +136,12 @@ def test_data_files_lists_data_then_schema(tmp_path: Path) -> None:
     assert data_files(config) == [(tmp_path / n).resolve() for n in ("a.csv", "b.csv", "schema.toml")]
 
 
-def test_data_files_does_not_import_numpy() -> None:
+def test_data_files_does_not_import_numpy(tmp_path: Path) -> None:
     """`mlci train`'s no-op path hashes data_files(); importing numpy there would cost ~100 ms."""
+    config = write_project(tmp_path, SMALL_SCHEMA, {"a.csv": "x\n"})
     code = (
         "import sys; from mlci.config import load_config; from mlci.data import data_files; "
-        f"data_files(load_config({str(ROOT / 'mlci.toml')!r})); "
+        f"data_files(load_config({str(config.root / 'mlci.toml')!r})); "
         "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
