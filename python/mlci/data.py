@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Dataset", "check", "data_files", "file_sha256", "load_schema", "split"]
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# ASCII digits only: float() would also take "٣" or "1_000", which no CSV writer means as numbers.
+_INT = re.compile(r"[+-]?\d+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _NAN = re.compile(r"[+-]?nan", re.IGNORECASE)
 _INF = re.compile(r"[+-]?inf(?:inity)?", re.IGNORECASE)
 # Control characters other than tab, CR and LF never occur in a text CSV: they mean binary junk.
@@ -232,6 +233,9 @@ def _header(header: list[str], name: str, schema: Schema) -> dict[str, int]:
                 why += f"; the header has unknown column(s) {', '.join(map(repr, extra))}"
             raise DataError(name, why, column=column)
     if extra:
+        if extra[0] == "":
+            field = header.index("") + 1
+            raise DataError(name, f"header field {field} is empty (a trailing comma?); the schema names every column")
         raise DataError(name, f"not in the schema {schema.file} (line 1 is the header)", column=extra[0])
     return index
 
@@ -345,7 +349,7 @@ def _labels(cells: Sequence[str], schema: Schema, name: str) -> np.ndarray:
     for token in set(cells):
         if token in lookup:
             continue
-        if ints and _INT.fullmatch(token) and int(token) in ints:  # "07" or "+7" for class 7
+        if ints and len(token) < 30 and _INT.fullmatch(token) and int(token) in ints:  # "07" or "+7" for class 7
             lookup[token] = ints[int(token)]
         else:
             bad.add(token)
