@@ -134,3 +134,19 @@ def test_compare_resolves_runs_and_git_revisions_and_names_unknown_refs(tmp_path
         subprocess.run([*git, "commit", "-qm", "two", "--allow-empty"], check=True)
         with pytest.raises(UsageError, match="no succeeded run"):
             resolve_ref(config, registry, "HEAD")
+
+
+def test_commands_without_a_registry_or_with_an_unknown_run_exit_2(tmp_path: Path, capsys) -> None:
+    from mlci.cli import main
+
+    toml = tmp_path / "mlci.toml"
+    toml.write_text('[registry]\npath = "reg/registry.db"\nreports = "out"\n')
+    assert main(["evaluate", "--config", str(toml)]) == 2
+    assert "no registry yet" in capsys.readouterr().err
+    assert not (tmp_path / "reg").exists()  # nothing created on the way
+
+    with Registry(tmp_path / "reg" / "registry.db") as registry:
+        _run(registry)
+    assert main(["report", "--config", str(toml), "--run", "r0042"]) == 2
+    assert "'r0042'" in capsys.readouterr().err
+    assert main(["evaluate", "--config", str(toml), "--bogus"]) == 2

@@ -9,7 +9,9 @@ from mlci.commands import config_of, parse, parser
 from mlci.errors import EXIT_GATE_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
+    from mlci.config import Config
     from mlci.evaluate import Evaluation, Interval
+    from mlci.registry import Registry
 
 
 def run(argv: Sequence[str]) -> int:
@@ -19,13 +21,23 @@ def run(argv: Sequence[str]) -> int:
     config = config_of(args)
 
     from mlci.evaluate import evaluate_run
-    from mlci.registry import Registry
 
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         target = registry.run(args.run)
         evaluation = evaluate_run(config, registry, target)
     print_evaluation(evaluation)
     return EXIT_OK if evaluation.passed else EXIT_GATE_FAILED
+
+
+def open_registry(config: Config) -> Registry:
+    """The existing registry; a missing one is an error with a hint instead of a new empty database."""
+    from mlci.errors import RegistryError
+    from mlci.registry import Registry
+
+    path = config.path(config.registry.path)
+    if not path.is_file():
+        raise RegistryError(f"{path}: no registry yet (registry.path): train a run first with `python -m mlci train`")
+    return Registry(path)
 
 
 def print_evaluation(evaluation: Evaluation) -> None:

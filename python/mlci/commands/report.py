@@ -19,10 +19,10 @@ def run(argv: Sequence[str]) -> int:
     args = parse(p, argv)
     config = config_of(args)
 
-    from mlci.registry import Registry
+    from mlci.commands.evaluate import open_registry
     from mlci.report import write_report
 
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         target = registry.run(args.run)
         folder = write_report(config, registry, target, compare=args.compare)
     print(f"report for run {target.id}: {folder / 'report.html'} (also report.md, gates.xml)")
