@@ -6,6 +6,7 @@ once per session, and a session with nothing to install starts in milliseconds.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import subprocess
@@ -17,6 +18,8 @@ import nox
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
 nox.options.error_on_missing_interpreters = True
+# `nox -s train deploy`: a failed gate must stop the deploy.
+nox.options.stop_on_first_error = True
 
 ROOT = Path(__file__).parent
 VENV = ROOT / ".venv"
@@ -38,8 +41,19 @@ def _environment(session: nox.Session) -> dict[str, str]:
 
 
 def _mlci(session: nox.Session, *args: str) -> None:
-    env = _environment(session)
-    session.run(str(BIN / "python"), "-m", "mlci", *args, *session.posargs, env=env, external=True)
+    """Run `python -m mlci ARGS POSARGS`; nox then exits with mlci's own code (1 gate failed, 2 bad input)."""
+    env = {**os.environ, **_environment(session)}
+    command = [str(BIN / "python"), "-m", "mlci", *args, *session.posargs]
+    session.log(" ".join(command[1:]))
+    code = subprocess.run(command, env=env, check=False).returncode
+    if code:
+        _exit_with(code)
+        session.error(f"mlci {args[0]} exited with {code}")
+
+
+def _exit_with(code: int) -> None:
+    """Nox exits 1 for any failed session; keep mlci's exit-code contract (0 pass, 1 gate, 2 usage/data)."""
+    atexit.register(os._exit, code)
 
 
 @nox.session
