@@ -129,6 +129,8 @@ class ServingConfig:
     threads: int = _checked(1, positive())
     # On SIGTERM, in-flight requests get this long to finish before they are cancelled.
     graceful_timeout_s: float = _checked(30.0, positive())
+    # TorchScript-trace the model (kept only if it matches eager mode); false serves it eagerly.
+    jit: bool = True
 
 
 @dataclass(frozen=True)

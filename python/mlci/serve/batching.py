@@ -16,18 +16,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from mlci.serve.metrics import Metrics
 
+# Called with (logits, None) or (None, the exception) once the batch ran; on the event-loop thread.
+Done = Callable[[np.ndarray | None, BaseException | None], None]
+
 
 class _Item:
-    __slots__ = ("future", "model", "t0", "x")
+    __slots__ = ("done", "model", "t0", "x")
 
-    def __init__(self, model: Any, x: np.ndarray, future: asyncio.Future[np.ndarray], t0: float) -> None:
-        self.model, self.x, self.future, self.t0 = model, x, future, t0
+    def __init__(self, model: Any, x: np.ndarray, done: Done, t0: float) -> None:
+        self.model, self.x, self.done, self.t0 = model, x, done, t0
 
 
 class Batcher:
@@ -49,14 +53,13 @@ class Batcher:
     def full(self) -> bool:
         return len(self._queue) >= self.queue_size
 
-    def submit(self, model: Any, x: np.ndarray) -> asyncio.Future[np.ndarray] | None:
-        """Queue x for `model`; the future gets its logits. None when the queue is full (shed the request)."""
+    def submit(self, model: Any, x: np.ndarray, done: Done) -> bool:
+        """Queue x for `model`; `done` gets its logits. False when the queue is full (shed the request)."""
         if len(self._queue) >= self.queue_size:
-            return None
+            return False
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.append(_Item(model, x, future, time.perf_counter()))
+        self._queue.append(_Item(model, x, done, time.perf_counter()))
         self._rows += x.shape[0]
         if not self._scheduled:
             self._scheduled = True
@@ -66,7 +69,7 @@ class Batcher:
             self._timer = None
             loop.call_soon(self._run)
         self.metrics.queue_depth.set(len(self._queue))
-        return future
+        return True
 
     def _run(self) -> None:
         self._timer = None
@@ -105,19 +108,15 @@ class Batcher:
             logits = first.model.predict(x)
         except Exception as exc:  # a model bug: fail these requests (500), keep serving
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+                item.done(None, exc)
             return
         start = 0
         for item in batch:
             n = item.x.shape[0]
-            if not item.future.done():  # the client may have gone away
-                item.future.set_result(logits[start : start + n])
+            item.done(logits[start : start + n], None)
             start += n
 
     def fail_all(self, exc: BaseException) -> None:
         while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(exc)
+            self._queue.popleft().done(None, exc)
         self._rows = 0

@@ -6,6 +6,7 @@ Only mlci.artifacts and mlci.model are needed, never the training code.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,18 +51,51 @@ class LoadedModel:
         }
 
 
-def load(path: Path, *, warm_rows: tuple[int, ...] = (1, 64)) -> LoadedModel:
-    """Verify + load + warm + smoke-test an artifact directory. Raises ArtifactError with the reason."""
+def load(path: Path, *, warm_rows: tuple[int, ...] = (1, 64), jit: bool = True) -> LoadedModel:
+    """Verify + load + smoke-test (+ trace) + warm an artifact directory. Raises ArtifactError with the reason."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise ArtifactError(f"{path}: not an artifact directory")
+    try:
+        return _load(path, warm_rows, jit)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # anything else a broken artifact can raise: refuse it, never crash the server
+        raise ArtifactError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
+
+
+def _load(path: Path, warm_rows: tuple[int, ...], jit: bool) -> LoadedModel:
     module, manifest = load_model(path)
     try:
         sig = Signature.of(manifest)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ArtifactError(f"{path}: manifest input/output is malformed ({exc!r})") from None
-    model = LoadedModel(path, manifest, module, sig, np.array(sig.classes))
-    for rows in warm_rows:  # first calls allocate; pay for that before taking traffic
-        model.predict(np.zeros((rows, sig.n_features), dtype=np.float32))
     smoke_test(module, manifest)
+    if jit:
+        module = _traced(module, sig.n_features, manifest["smoke"]["input"])
+    model = LoadedModel(path, manifest, module, sig, np.array(sig.classes))
+    for rows in sorted({1, 2, 3, *warm_rows}):  # first calls allocate and specialize: pay before traffic
+        for _ in range(3):
+            model.predict(np.zeros((rows, sig.n_features), dtype=np.float32))
     return model
+
+
+def _traced(module: torch.nn.Module, n_features: int, smoke_input: list[list[float]]) -> torch.nn.Module:
+    """TorchScript trace + freeze: a small model's forward runs 2-4x faster without Python per layer.
+
+    Kept only when it matches eager mode on the smoke input and on random batches of several sizes;
+    otherwise (data-dependent control flow, an op tracing cannot handle) the eager module serves.
+    """
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings are about the cases checked below
+            traced = torch.jit.freeze(torch.jit.trace(module, torch.zeros(2, n_features), check_trace=False).eval())
+            checks = [torch.tensor(smoke_input, dtype=torch.float32)]
+            checks += [torch.randn(rows, n_features, generator=gen) * 8 for rows in (1, 5, 64)]
+            for x in checks:
+                if not torch.allclose(traced(x), module(x), rtol=1e-4, atol=1e-5):
+                    return module
+    except Exception:
+        return module
+    return traced

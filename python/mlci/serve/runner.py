@@ -1,4 +1,6 @@
-"""Both listeners (inference, management) on one uvloop event loop; SIGTERM/SIGINT shut down gracefully.
+"""Both listeners on one uvloop event loop; SIGTERM/SIGINT shut down gracefully.
+
+Inference: the lean HTTP layer (serve/http.py). Management: Starlette on uvicorn (rare requests).
 
 The sockets are bound here, before uvicorn starts, so a busy port is a clear ConfigError and port 0 (any
 free port) reports the port actually bound through `on_ready`.
@@ -21,6 +23,7 @@ from mlci.errors import ConfigError
 from mlci.serve.app import InferenceApp
 from mlci.serve.auth import is_loopback, token_from_env
 from mlci.serve.batching import Batcher
+from mlci.serve.http import LeanServer
 from mlci.serve.management import management_app
 from mlci.serve.manager import ModelManager
 from mlci.serve.metrics import Metrics
@@ -84,37 +87,41 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None)
         required=not is_loopback(s.management_host),
     )
     metrics = Metrics(s.model_name)
-    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size))
+    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit)
     await manager.load(artifact)  # an ArtifactError here stops the server before it listens
 
     batcher = Batcher(
         max_rows=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000, queue_size=s.queue_size, metrics=metrics
     )
-    inference = InferenceApp(
-        manager, batcher, metrics, max_rows=s.max_rows, max_body_bytes=s.max_body_bytes, token=token
-    )
+    inference = InferenceApp(manager, batcher, metrics, max_rows=s.max_rows, token=token)
     sock = _listen(s.host, s.port, "serving.port", src)
     msock = _listen(s.management_host, s.management_port, "serving.management_port", src)
-    servers = [_uvicorn(inference, config), _uvicorn(management_app(manager, mgmt_token), config)]
+    inference.bind(sock.getsockname()[:2])
+    lean = LeanServer(
+        inference, max_body_bytes=s.max_body_bytes, on_refused=lambda status: metrics.count("http", status)
+    )
+    management = _uvicorn(management_app(manager, mgmt_token), config)
 
     loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
 
     def stop() -> None:
-        for server in servers:
-            if server.should_exit:  # a second signal: stop waiting for in-flight requests
-                server.force_exit = True
-            server.should_exit = True
+        if management.should_exit:  # a second signal: stop waiting for in-flight requests
+            management.force_exit = True
+        management.should_exit = True
+        stopped.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    tasks = [
-        asyncio.ensure_future(servers[0].serve(sockets=[sock])),
-        asyncio.ensure_future(servers[1].serve(sockets=[msock])),
-    ]
+    await lean.start(sock)
+    mtask = asyncio.ensure_future(management.serve(sockets=[msock]))
     try:
-        while not all(server.started for server in servers) and not any(t.done() for t in tasks):
+        while not management.started and not mtask.done():
             await asyncio.sleep(0.005)
-        if on_ready is not None and all(server.started for server in servers):
+        if mtask.done():
+            await mtask  # raises what stopped it
+            return
+        if on_ready is not None:
             current = manager.current
             assert current is not None
             on_ready(
@@ -126,7 +133,8 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None)
                     "artifact": str(current.path),
                 }
             )
-        await asyncio.gather(*tasks)
+        await stopped.wait()
+        await asyncio.gather(lean.shutdown(s.graceful_timeout_s), mtask)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
