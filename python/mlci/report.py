@@ -109,7 +109,7 @@ def _run_table(run: Run) -> Table:
         ["git commit", commit],
         ["created", run.created_at],
         ["data hash", (run.data_hash or "—")[:16]],
-        ["device", str(env.get("device_kind") or env.get("device") or "—")],
+        ["trained on", " ".join(str(env[k]) for k in ("device", "precision", "device_name") if env.get(k)) or "—"],
     ]
     return Table(["", ""], rows)
 
