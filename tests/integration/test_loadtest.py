@@ -297,6 +297,15 @@ def test_record_without_a_run_exits_2(healthy: dict[str, Any], work: Path, tmp_p
     assert not list(tmp_path.glob("locust*"))  # refused before any load was sent
 
 
+def test_artifact_that_is_not_served_exits_2(healthy: dict[str, Any], artifacts: list[Path], tmp_path: Path) -> None:
+    result = loadtest("--url", healthy["url"], "--artifact", str(artifacts[1]), "--output", str(tmp_path),
+                      cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"--artifact {artifacts[1]}: is version 2 but {healthy['url']} serves model 'digits' in version(s) 1" in (
+        result.stderr
+    )
+
+
 def test_wrong_model_name_exits_2(healthy: dict[str, Any], tmp_path: Path) -> None:
     result = loadtest("--url", healthy["url"], "--model", "nope", "--output", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr

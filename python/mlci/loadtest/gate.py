@@ -63,6 +63,12 @@ def resolve_input(config: Config, target: Target, url: str) -> payload.ModelInpu
                 f"--artifact {target.artifact}: takes {from_artifact.n_features} features but model {name!r} "
                 f"at {url} takes {served.n_features}"
             )
+        if served.versions and from_artifact.versions and from_artifact.versions[0] not in served.versions:
+            # Measuring one model and recording the figures as another's would poison the champion's p95.
+            raise UsageError(
+                f"--artifact {target.artifact}: is version {from_artifact.versions[0]} but {url} serves model "
+                f"{name!r} in version(s) {', '.join(served.versions)}"
+            )
         return payload.ModelInput(**{**from_artifact.__dict__, "model_name": name})
     if served.rows:
         return served

@@ -33,6 +33,7 @@ class ModelInput:
     n_features: int | None = None
     features: list[str] | None = None
     run_id: str | None = None  # the registry run behind the model, when known
+    versions: list[str] = field(default_factory=list)  # the artifact's version, or the versions served
     rows: list[list[float]] = field(default_factory=list)
     source: str = ""  # where the rows came from, for the summary
 
@@ -50,6 +51,7 @@ def from_manifest(manifest: dict[str, Any], source: str) -> ModelInput:
         n_features=int(spec["shape"][-1]),
         features=list(spec.get("features") or []) or None,
         run_id=manifest.get("run_id"),
+        versions=[str(manifest["version"])] if "version" in manifest else [],
         rows=[[float(v) for v in row] for row in manifest["smoke"]["input"]],
         source=f"smoke input of {source}",
     )
@@ -91,6 +93,7 @@ def from_metadata(metadata: dict[str, Any], model_name: str, url: str) -> ModelI
         n_features=int(shape[-1]) if shape and int(shape[-1]) > 0 else None,
         features=list(features) if isinstance(features, list) else None,
         run_id=params.get("run_id") if isinstance(params, dict) else None,
+        versions=[str(v) for v in metadata.get("versions") or []],
         rows=rows,
         source=f"smoke input published by {url}" if rows else "",
     )
