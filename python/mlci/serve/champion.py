@@ -1,4 +1,8 @@
-"""The artifact to serve when none is given: the registry champion's. Kept tolerant of the registry's shape."""
+"""The artifact to serve when none is given: the registry champion's model artifact.
+
+Kept small and tolerant of the registry's shape: any run object or dict with `artifacts` whose entries
+are paths or have `path` (and maybe `kind`) will do.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,18 @@ def champion_artifact(config: Config) -> Path:
         from mlci.registry import Registry
     except ImportError as exc:
         raise RegistryError(f"cannot read the registry ({exc}); pass --artifact DIR") from None
-    champion = Registry(db).champion()
+    registry = Registry(db)
+    try:
+        champion = registry.champion()
+    finally:
+        close = getattr(registry, "close", None)
+        if close is not None:
+            close()
     if champion is None:
         raise RegistryError(f"{db}: the registry has no champion yet; pass --artifact DIR")
-    for entry in _get(champion, "artifacts") or ():
+    entries = list(_get(champion, "artifacts") or ())
+    entries.sort(key=lambda e: _get(e, "kind") not in (None, "model"))  # model artifacts first
+    for entry in entries:
         path = entry if isinstance(entry, str | Path) else _get(entry, "path")
         if path:
             p = Path(path)
@@ -29,4 +41,6 @@ def champion_artifact(config: Config) -> Path:
 
 
 def _get(obj: Any, key: str) -> Any:
+    if isinstance(obj, str | Path):
+        return None
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
