@@ -65,21 +65,23 @@ def _artifact(root: Path, version: int) -> Path:
     return ref.path
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "MLCI_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return {**env, **extra}
 
 
 @contextlib.contextmanager
-def served(artifact: Path, workdir: Path, *overrides: str) -> Iterator[dict[str, Any]]:
+def served(
+    artifact: Path, workdir: Path, *overrides: str, env: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """`mlci serve` on free loopback ports; yields its ready line (url, management_url, ...)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     cmd = [sys.executable, "-m", "mlci", "serve", "--artifact", str(artifact), "--config", str(CONFIG),
            "serving.host=127.0.0.1", "serving.port=0", "serving.management_port=0", *overrides]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=workdir, env=_env(**(env or {})), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -103,9 +105,9 @@ def served(artifact: Path, workdir: Path, *overrides: str) -> Iterator[dict[str,
             proc.wait(timeout=10)
 
 
-def loadtest(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def loadtest(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "mlci", "loadtest", "--config", str(CONFIG), *args]
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return subprocess.run(cmd, cwd=cwd, env=_env(**(env or {})), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
 def _registry_override(tmp: Path) -> str:
@@ -312,28 +314,39 @@ def test_wrong_model_name_exits_2(healthy: dict[str, Any], tmp_path: Path) -> No
     assert f"--url {healthy['url']}: GET {healthy['url']}/v2/models/nope answered HTTP 404" in result.stderr
 
 
-# --- hot swap under load -----------------------------------------------------------------------------
+# --- hot swap under load, with bearer tokens ---------------------------------------------------------
+
+TOKENS = {"MLCI_TEST_INFER_TOKEN": "infer-secret", "MLCI_TEST_MANAGE_TOKEN": "manage-secret"}
+TOKEN_KEYS = ["serving.token_env=MLCI_TEST_INFER_TOKEN", "serving.management_token_env=MLCI_TEST_MANAGE_TOKEN"]
 
 
 def _manage(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKENS['MLCI_TEST_MANAGE_TOKEN']}"}
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(url + path, data=data, method="GET" if body is None else "POST", headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
 
 def test_hot_swap_under_load_fails_no_request(artifacts: list[Path], work: Path) -> None:
-    """Swap to version 2, roll back to 1 and swap to 2 again while Locust runs: not one request fails."""
+    """Swap to version 2, roll back to 1 and swap to 2 again while Locust runs: not one request fails.
+
+    The server wants a bearer token (serving.token_env): without it the load test stops at its preflight
+    (exit 2); with it every request carries the token.
+    """
     out = work / "hotswap-run"
     out.mkdir()
-    with served(artifacts[0], work / "hotswap") as info:
+    with served(artifacts[0], work / "hotswap", *TOKEN_KEYS, env=TOKENS) as info:
+        args = ["--url", info["url"], "--artifact", str(artifacts[0]), "--output", str(out), *TOKEN_KEYS]
+        refused = loadtest(*args, cwd=work)  # no token in the environment
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "answered HTTP 401" in refused.stderr
+
         manage = info["management_url"]
-        cmd = [sys.executable, "-m", "mlci", "loadtest", "--config", str(CONFIG), "--url", info["url"],
-               "--artifact", str(artifacts[0]), "--output", str(out), "--users", "3", "--spawn-rate", "10",
-               "--duration", "6", *SLO, _registry_override(work)]  # fmt: skip
+        cmd = [sys.executable, "-m", "mlci", "loadtest", "--config", str(CONFIG), *args, "--users", "3",
+               "--spawn-rate", "10", "--duration", "6", *SLO, _registry_override(work)]  # fmt: skip
         with open(out / "cli.log", "w") as log:
-            proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(cmd, cwd=work, env=_env(**TOKENS), stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while "All users spawned" not in _read(out / "locust.log"):  # the load is on
