@@ -55,9 +55,15 @@ def train(config: Config, dataset: Dataset, registry: Registry, key: RunKey, *, 
     artifact, and mark the run succeeded. Any failure marks it failed (with the error) and re-raises."""
     from mlci import data
 
+    from mlci.model import build_model
+
     train_ds, _ = data.split(dataset, config.data.eval_fraction, config.data.split_seed)
     nproc = config.train.nproc
     device = devices.choose(config.train.device)
+    # A bad model.factory/params is a config error (exit 2): raise it before a run is recorded.
+    build_model(
+        config.model.factory, config.model.params, len(dataset.features), len(dataset.classes), source=config.source
+    )
     run = registry.create_run(
         key.key,
         params=config.to_dict(),
