@@ -54,7 +54,6 @@ def train(config: Config, dataset: Dataset, registry: Registry, key: RunKey, *, 
     """Create a run for `key`, train (in this process or through torchrun), record metrics and the model
     artifact, and mark the run succeeded. Any failure marks it failed (with the error) and re-raises."""
     from mlci import data
-
     from mlci.model import build_model
 
     train_ds, _ = data.split(dataset, config.data.eval_fraction, config.data.split_seed)
