@@ -5,6 +5,7 @@ The target is a black box over HTTP (the Open Inference Protocol); nothing of th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -69,11 +70,11 @@ def resolve_input(config: Config, target: Target, url: str) -> payload.ModelInpu
                 f"--artifact {target.artifact}: is version {from_artifact.versions[0]} but {url} serves model "
                 f"{name!r} in version(s) {', '.join(served.versions)}"
             )
-        return payload.ModelInput(**{**from_artifact.__dict__, "model_name": name})
+        return dataclasses.replace(from_artifact, model_name=name)
     if served.rows:
         return served
     rows, source = payload.bundled_rows(config, served.features, served.n_features)
-    return payload.ModelInput(**{**served.__dict__, "rows": rows, "source": source})
+    return dataclasses.replace(served, rows=rows, source=source)
 
 
 def run_loadtest(config: Config, target: Target, *, output: Path | None = None, record: bool = False) -> dict[str, Any]:
