@@ -6,10 +6,11 @@ the no-op path, where importing torch would cost most of the time budget).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+import re
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,24 @@ def device_kind(preference: str = "auto") -> str:
 
 
 def torch_version() -> str:
+    """torch's version, read from torch/version.py without importing torch (nor importlib.metadata, whose
+    import alone costs more than the rest of the no-op path's run-key computation)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return "none"
+    if spec.origin:
+        try:
+            text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        found = re.search(r"""^__version__\s*(?::\s*str\s*)?=\s*['"]([^'"]+)['"]""", text, re.M)
+        if found:
+            return found.group(1)
+    from importlib import metadata
+
     try:
         return metadata.version("torch")
     except metadata.PackageNotFoundError:

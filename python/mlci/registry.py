@@ -9,7 +9,6 @@ stores; it never trains or evaluates.
 from __future__ import annotations
 
 import datetime
-import getpass
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -412,6 +411,8 @@ class Registry:
 
 def _who() -> str:
     try:
+        import getpass  # here: only promotions need it, and the no-op path of `mlci train` opens the registry
+
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
