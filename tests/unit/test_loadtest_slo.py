@@ -107,3 +107,13 @@ def test_bad_urls_are_usage_errors(url: str) -> None:
 
 def test_good_urls_lose_their_trailing_slash() -> None:
     assert check_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+
+
+def test_the_locustfile_refuses_to_be_imported_into_mlci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.delenv("MLCI_LOADTEST_PLAN", raising=False)
+    with pytest.raises(ImportError, match="never imported"):
+        importlib.import_module("mlci.loadtest.locustfile")
+    assert "gevent.monkey" not in sys.modules or not sys.modules["gevent.monkey"].is_module_patched("socket")

@@ -17,6 +17,9 @@ import itertools
 import json
 import os
 
+if "MLCI_LOADTEST_PLAN" not in os.environ:  # imported by accident: fail before gevent patches the importer
+    raise ImportError("mlci/loadtest/locustfile.py is run by Locust (`mlci loadtest`), never imported")
+
 import gevent
 import locust.stats
 from locust import FastHttpUser, constant, constant_throughput, events, task
