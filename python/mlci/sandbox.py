@@ -39,6 +39,9 @@ GROUPS = ("gpu_runners", "serving", "loadbalancer")
 CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN"]
 SECURITY_OPT = ["seccomp=unconfined", "apparmor=unconfined"]
 READY_TIMEOUT_S = 120.0
+# Certificate authorities this machine trusts beyond the distribution's (a site's TLS proxy, say): the test
+# hosts trust them too, as a site's base image would, so pip and apt over HTTPS work from inside them.
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 Progress = Callable[[str], None]
 
@@ -121,10 +124,12 @@ class Sandbox:
                     self.progress(f"removing {container.name} ({container.status})")
                     container.remove(force=True, v=True)
             existing = {c.name for c in self._containers()}
-            for name, index in wanted.items():
-                if name not in existing:
-                    self._start_host(image, network, index, public_key)
+            started = [name for name in wanted if name not in existing]
+            for name in started:
+                self._start_host(image, network, wanted[name], public_key)
             self._wait_ready()
+            for name in started:
+                self._trust_local_cas(name)
             found = self.status()
             self._write_inventory(found)
             return found
@@ -284,7 +289,18 @@ class Sandbox:
             network=network.name,
         )
         container.put_archive("/root", _authorized_keys_tar(public_key))
+        local_cas = sorted(LOCAL_CA_DIR.glob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
+        if local_cas:
+            container.put_archive("/", _site_trust_tar(local_cas))
         container.start()
+
+    def _trust_local_cas(self, name: str) -> None:
+        """Rebuild the host's CA bundle once it booted (the files went in before start)."""
+        if not (LOCAL_CA_DIR.is_dir() and any(LOCAL_CA_DIR.glob("*.crt"))):
+            return
+        code, out = self.client.containers.get(name).exec_run(["update-ca-certificates"])
+        if code != 0:
+            raise SandboxError(f"{name}: update-ca-certificates failed: {out.decode(errors='replace')[-500:]}")
 
     def _wait_ready(self) -> None:
         """Bounded wait until systemd finished booting and every sshd answers with its banner."""
@@ -421,6 +437,19 @@ def _authorized_keys_tar(public_key: str) -> bytes:
         keys = tarfile.TarInfo(".ssh/authorized_keys")
         keys.size, keys.mode = len(body), 0o600
         tar.addfile(keys, io.BytesIO(body))
+    return data.getvalue()
+
+
+def _site_trust_tar(cas: list[Path]) -> bytes:
+    """The local CA files, and a pip.conf that makes pip use the system store (pip bundles its own)."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        files = {f"usr/local/share/ca-certificates/{ca.name}": ca.read_bytes() for ca in cas}
+        files["etc/pip.conf"] = b"[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(body), 0o644
+            tar.addfile(info, io.BytesIO(body))
     return data.getvalue()
 
 
