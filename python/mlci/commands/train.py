@@ -54,14 +54,23 @@ def run(argv: Sequence[str]) -> int:
         verdict = None if args.force else _reuse(registry, key.key)
         if verdict is not None:
             return verdict
-        existing = None if args.force else registry.find_run(key.key)  # trained, never evaluated
+        existing = None if args.force else _reusable(registry, key.key)  # trained, never evaluated
         target = existing or _train(config, dataset, registry, key)
         return _evaluate_and_report(config, registry, target)
 
 
+def _reusable(registry: Registry, key: str) -> Run | None:
+    """The newest succeeded run with this key whose model artifact is still on disk."""
+    found = registry.find_run(key)
+    model = found.artifact("model") if found is not None else None
+    if model is None or not Path(model.path).is_dir():  # none, or its artifact was deleted: train again
+        return None
+    return found
+
+
 def _reuse(registry: Registry, key: str) -> int | None:
     """Print `up to date` and return the stored verdict, or None when there is nothing (evaluated) to reuse."""
-    found = registry.find_run(key)
+    found = _reusable(registry, key)
     if found is None:
         return None
     evaluation = registry.latest_evaluation(found.id)
