@@ -250,10 +250,12 @@ class LeanServer:
         self.connections: set[Connection] = set()
         self.stopping = False
         self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        self._sock = sock
         self._server = await loop.create_server(lambda: Connection(self), sock=sock, backlog=2048)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
@@ -267,10 +269,20 @@ class LeanServer:
                     conn.close()
 
     async def shutdown(self, timeout: float) -> None:
-        """Stop accepting; close idle connections; give in-flight requests `timeout` seconds to finish."""
+        """Stop accepting; close idle connections; give in-flight requests `timeout` seconds to finish.
+
+        Connections the kernel has already accepted but this server has not (the loop was busy with a
+        batch) hold requests their clients consider sent: they are taken in and answered, not reset.
+        """
         self.stopping = True
+        loop = asyncio.get_running_loop()
+        waiting = self._accept_backlog()
         if self._server is not None:
             self._server.close()
+        for conn_sock in waiting:
+            with contextlib.suppress(OSError):
+                await loop.connect_accepted_socket(lambda: Connection(self), conn_sock)
+        await asyncio.sleep(0.1)  # let requests already in socket buffers be read before judging "idle"
         deadline = time.monotonic() + timeout
         while self.connections and time.monotonic() < deadline:
             for conn in list(self.connections):
@@ -283,6 +295,19 @@ class LeanServer:
             self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _accept_backlog(self, limit: int = 4096) -> list[socket.socket]:
+        accepted: list[socket.socket] = []
+        if self._sock is None:
+            return accepted
+        try:
+            self._sock.setblocking(False)
+            while len(accepted) < limit:
+                conn_sock, _ = self._sock.accept()
+                accepted.append(conn_sock)
+        except OSError:  # BlockingIOError: the backlog is empty
+            pass
+        return accepted
 
 
 def asgi_handler(app: Any, server_name: tuple[str, int]) -> Handler:
