@@ -4,7 +4,8 @@ Same key -> `mlci train` reuses the stored run instead of training again. This m
 path, so it imports only the standard library: never torch, numpy or rich.
 
 - code: the project's git checkout — the commit's tree id, the uncommitted diff (`git diff HEAD --binary`)
-  and the content of untracked files git does not ignore — plus mlci's own sources when mlci is installed
+  and the content of untracked files git does not ignore (except mlci's own outputs: registry, artifacts,
+  reports) — plus mlci's own sources when mlci is installed
   outside that checkout. Outside a git checkout (or without git) the sources of mlci and of the model
   factory's module are hashed instead.
 - data: the content of every data file and of the schema.
@@ -97,6 +98,8 @@ def code_state(config: Config) -> CodeState:
         sources = [*_python_sources(mlci_dir), *_factory_sources(config.model.factory, mlci_dir)]
         return CodeState(_sha256(("files:" + hash_files(sources)).encode()), None, False)
     toplevel, commit, tree, diff, untracked = git
+    outputs = _outputs(config)
+    untracked = [p for p in untracked if not _is_output(p.resolve(), outputs)]
     h = hashlib.sha256()
     h.update(f"git:{tree}\0".encode())
     h.update(diff + b"\0")
@@ -104,6 +107,20 @@ def code_state(config: Config) -> CodeState:
     if not mlci_dir.is_relative_to(toplevel):  # mlci installed elsewhere: its code counts too
         h.update(("mlci:" + hash_files(_python_sources(mlci_dir))).encode())
     return CodeState(h.hexdigest(), commit, bool(diff or untracked))
+
+
+def _outputs(config: Config) -> tuple[Path, tuple[Path, ...]]:
+    """What mlci itself writes (registry, artifacts, reports): never code, even where .gitignore forgets it."""
+    r = config.registry
+    folders = (r.artifacts, r.reports, config.loadtest.output)
+    return config.path(r.path).resolve(), tuple(config.path(p).resolve() for p in folders)
+
+
+def _is_output(path: Path, outputs: tuple[Path, tuple[Path, ...]]) -> bool:
+    registry, folders = outputs
+    # The registry's sidecars (-wal, -shm, .lock) start with its file name.
+    sidecar = path.parent == registry.parent and path.name.startswith(registry.name)
+    return sidecar or any(path.is_relative_to(f) for f in folders)
 
 
 def _git_state(root: Path) -> tuple[Path, str | None, str, bytes, list[Path]] | None:

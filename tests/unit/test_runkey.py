@@ -112,6 +112,21 @@ def test_git_code_changes(tmp_path: Path) -> None:
     assert key_of(project).key != untracked.key, "untracked files count by content"
 
 
+def test_mlci_outputs_are_not_code_even_without_gitignore(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", git=True)
+    (project / ".gitignore").unlink()
+    _git(project, "commit", "-q", "-am", "no .gitignore")
+    clean = key_of(project)
+    for name in (".mlci/registry.db", ".mlci/registry.db-wal", ".mlci/registry.db.lock", ".mlci/artifacts/ab/x"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(b"written by mlci")
+    (project / "reports/r0001").mkdir(parents=True)
+    (project / "reports/r0001/report.md").write_text("# report\n")
+    assert key_of(project).key == clean.key
+    (project / "notes.py").write_text("# but a new source file counts\n")
+    assert key_of(project).key != clean.key
+
+
 def test_no_git_hashes_the_factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path / "p", git=False)
     (project / "mymodels.py").write_text("from mlci.model import mlp as net\n")
