@@ -8,7 +8,8 @@
 
 Both serve the same artifact (an untrained digits-shaped MLP unless --artifact is given) and get the same
 KServe v2 request body; wrk runs at concurrency 1 and 64 for a fixed time each (after a short warm-up).
-Prints RPS, p50 and p99 per server and concurrency, and mlci's ratios to the naive server in the same run.
+Prints RPS, p50, p99 and the server's CPU time per request (user + system, all threads: steadier than
+wall-clock figures on a busy machine) per server and concurrency, and mlci's ratios to the naive server.
 Targets (2-core machine, client on the same machine): c=64 >= 10x naive RPS with p99 <= 20 ms; c=1
 p50 <= 0.3 ms. Timings on a shared machine are noisy: compare ratios from one run, not runs.
 """
@@ -100,7 +101,14 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, lua: Path, connections: int, duration: int) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, lua: Path, connections: int, duration: int, pid: int) -> dict[str, float]:
+    cpu0 = _cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
         check=True,
@@ -112,7 +120,9 @@ def wrk(url: str, lua: Path, connections: int, duration: int) -> dict[str, float
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     return {
+        "cpu_us": (_cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6,
         "rps": rps,
         "p50_ms": p50,
         "p99_ms": p99,
@@ -162,7 +172,8 @@ def main() -> int:
             if args.only and name != args.only:
                 continue
             port = _free_port()
-            proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], env=env, cwd=ROOT)
+            argv = [c.replace("{port}", str(port)) for c in cmd]
+            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
             try:
                 base = f"http://127.0.0.1:{port}"
                 _wait_ready(f"{base}/health" if name == "naive" else f"{base}/v2/health/ready", proc)
@@ -170,11 +181,12 @@ def main() -> int:
                 results[name] = {}
                 for c in (1, 64):
                     if args.warmup:
-                        wrk(url, lua, c, args.warmup)
-                    results[name][c] = r = wrk(url, lua, c, args.duration)
+                        wrk(url, lua, c, args.warmup, proc.pid)
+                    results[name][c] = r = wrk(url, lua, c, args.duration, proc.pid)
                     print(
                         f"{name:>5} c={c:<3} {r['rps']:>9.0f} RPS  p50 {r['p50_ms']:>7.3f} ms  "
-                        f"p99 {r['p99_ms']:>7.3f} ms  non-2xx {r['non_2xx']} {r['socket_errors']}",
+                        f"p99 {r['p99_ms']:>7.3f} ms  server CPU {r['cpu_us']:>6.0f} us/request  "
+                        f"non-2xx {r['non_2xx']} {r['socket_errors']}",
                         flush=True,
                     )
             finally:
@@ -197,6 +209,7 @@ def _summary(results: dict[str, dict[int, dict[str, float]]]) -> None:
         ratio = m[64]["rps"] / n[64]["rps"]
         print(f"c=64 throughput: mlci / naive = {ratio:.1f}x (target >= {TARGET_RPS_RATIO:.0f}x)")
         print(f"c=64 p99: naive / mlci = {n[64]['p99_ms'] / m[64]['p99_ms']:.1f}x")
+        print(f"c=64 server CPU per request: naive / mlci = {n[64]['cpu_us'] / m[64]['cpu_us']:.1f}x")
         print(f"c=1  p50: naive / mlci = {n[1]['p50_ms'] / m[1]['p50_ms']:.1f}x")
     print("(shared machine: figures are noisy; ratios come from one run)")
 

@@ -68,7 +68,6 @@ class Batcher:
             self._timer.cancel()  # waiting to fill, and now full
             self._timer = None
             loop.call_soon(self._run)
-        self.metrics.queue_depth.set(len(self._queue))
         return True
 
     def _run(self) -> None:
