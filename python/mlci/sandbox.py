@@ -92,6 +92,7 @@ class Sandbox:
         self.facts_dir = self.root / ".mlci" / "ansible-facts"
         self.network_name = f"mlci-sandbox-{self.project}"
         self._client: Any = None
+        self.commit = ""
 
     # --- docker engine -----------------------------------------------------------------------------
 
@@ -116,7 +117,7 @@ class Sandbox:
         with self._lock():
             image = self._host_image()
             public_key = self._key_pair()
-            self._bundle()
+            self.commit = self._bundle()
             network = self._network()
             wanted = {self._container_name(i): i for i in range(1, hosts + 1)}
             for container in self._containers():
@@ -344,18 +345,14 @@ class Sandbox:
             pub_path.write_text(public.decode() + f" mlci-sandbox-{self.project}\n")
         return pub_path.read_text()
 
-    def _bundle(self) -> None:
-        """A git bundle of HEAD: the runners' checkout source, frozen for the sandbox's lifetime."""
-        if self.bundle_path.exists():
-            return
-        run = subprocess.run(
-            ["git", "-C", str(self.root), "bundle", "create", str(self.bundle_path), "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if run.returncode != 0:
-            raise SandboxError(f"git bundle of {self.root} failed: {run.stderr.strip()}")
+    def _bundle(self) -> str:
+        """A git bundle of HEAD: the runners' checkout source, frozen for the sandbox's lifetime.
+
+        Returns the commit it holds (the runners check out exactly that one).
+        """
+        if not self.bundle_path.exists():
+            _git(self.root, "bundle", "create", str(self.bundle_path), "HEAD")
+        return _git(self.root, "bundle", "list-heads", str(self.bundle_path)).split()[0]
 
     def _forget_facts(self, hosts: Iterator[str] | list[str]) -> None:
         """Drop cached Ansible facts of hosts that are (re)created: a new container is a new machine."""
@@ -394,7 +391,7 @@ class Sandbox:
             "docker_daemon_json": {"log-driver": "json-file"},
             "docker_daemon_json_fragments": {"log_rotation": {"log-opts": {"max-size": "10m", "max-file": "3"}}},
             "ci_runner_repo_bundle": str(self.bundle_path),
-            "ci_runner_repo_version": "HEAD",
+            "ci_runner_repo_version": self.commit,
         }
 
     # --- locking -----------------------------------------------------------------------------------
@@ -451,6 +448,13 @@ def _site_trust_tar(cas: list[Path]) -> bytes:
             info.size, info.mode = len(body), 0o644
             tar.addfile(info, io.BytesIO(body))
     return data.getvalue()
+
+
+def _git(root: Path, *args: str) -> str:
+    run = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise SandboxError(f"git {' '.join(args)} in {root} failed: {run.stderr.strip()}")
+    return run.stdout
 
 
 def _ssh_banner(port: int) -> bool:
