@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -183,3 +184,42 @@ def test_without_artifact_the_registry_champion_is_served(tmp_path: Path) -> Non
     with serving(None, tmp_path / "serve", f"registry.path={db}") as server:
         assert server.info["version"] == "5" and server.info["artifact"] == str(artifact)
         assert served_version(httpx.Client(base_url=server.url, timeout=30)) == "5"
+
+
+def test_swap_under_traffic_drops_nothing_and_flips_once(tmp_path: Path) -> None:
+    import threading
+
+    v1 = make_artifact(tmp_path / "a", version=1, seed=1)
+    v2 = make_artifact(tmp_path / "a", version=2, seed=2, hidden=(256, 256))
+    with serving(v1, tmp_path / "serve") as server:
+        seen: list[list[str]] = [[] for _ in range(4)]  # versions answered, per client in order
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def traffic(mine: list[str]) -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for _ in range(20_000):  # bounded; stopped long before
+                    if stop.is_set():
+                        return
+                    response = client.post("/v2/models/digits/infer", json=infer_body(3))
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                    else:
+                        mine.append(response.json()["model_version"])
+
+        users = [threading.Thread(target=traffic, args=(mine,)) for mine in seen]
+        for u in users:
+            u.start()
+        try:
+            time.sleep(0.5)
+            response = httpx.post(f"{server.management_url}/manage/load", json={"artifact": str(v2)}, timeout=60)
+            assert response.status_code == 200, response.text
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for u in users:
+                u.join(timeout=60)
+    assert not failures, failures[:3]
+    for versions in seen:  # each client: version 1, then version 2 from the flip on, never back
+        flip = versions.index("2")
+        assert flip > 0 and set(versions[:flip]) == {"1"} and set(versions[flip:]) == {"2"}
