@@ -131,6 +131,10 @@ class ServingConfig:
     graceful_timeout_s: float = _checked(30.0, positive())
     # TorchScript-trace the model (kept only if it matches eager mode); false serves it eagerly.
     jit: bool = True
+    # Open connections to the inference listener; beyond it new ones get 503 (memory stays bounded).
+    max_connections: int = _checked(1024, positive())
+    # Connections silent this long (idle keep-alive, or a request stuck halfway) are closed.
+    keepalive_s: float = _checked(15.0, positive())
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,24 @@ def test_sigterm_lets_in_flight_requests_finish(slow_artifact: Path, tmp_path: P
         assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
         assert json.loads(data.split(b"\r\n\r\n", 1)[1])["outputs"]
     assert code == 0, server.output()[-2000:]
+
+
+def test_connection_limit_and_silent_connections_are_closed(tmp_path: Path) -> None:
+    small = make_artifact(tmp_path / "a")
+    with serving(small, tmp_path / "serve", "serving.max_connections=2", "serving.keepalive_s=1") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        first, second = (socket.create_connection((host, int(port)), timeout=10) for _ in range(2))
+        first.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: t\r\ncontent-len")  # stuck halfway
+        second.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert second.recv(4096).startswith(b"HTTP/1.1 200 OK")  # both connections are now open
+        with socket.create_connection((host, int(port)), timeout=10) as third:
+            refused = third.recv(4096)
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"serving.max_connections" in refused
+        assert b"retry-after: 1" in refused
+        # Silent for longer than keepalive_s (the sweep runs each second): both closed by the server.
+        deadline = time.monotonic() + 10
+        for sock in (first, second):
+            sock.settimeout(max(deadline - time.monotonic(), 0.1))
+            assert sock.recv(4096) == b""
+            sock.close()
+        assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200

@@ -6,8 +6,9 @@ gets each complete request and answers through `Connection.respond`, at once or 
 answers go out in request order (pipelining). Rare routes reach a normal ASGI app through `asgi_handler`.
 
 Limits that keep memory bounded: a body over `max_body_bytes` is answered 413 without being stored,
-at most MAX_PIPELINED requests wait per connection (reading pauses beyond), idle keep-alive connections
-close after `keepalive_s`. `shutdown` stops accepting, closes idle connections and lets in-flight requests
+at most MAX_PIPELINED requests wait per connection (reading pauses beyond), connections beyond
+`max_connections` get 503 and are closed, connections silent for `keepalive_s` (idle, or stuck halfway
+through a request) are closed. `shutdown` stops accepting, closes idle connections and lets in-flight requests
 finish (their answers carry `connection: close`).
 """
 
@@ -97,6 +98,12 @@ class Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.server.connections) >= self.server.max_connections:
+            self.server.on_refused(503)
+            body = b'{"error": "too many connections (serving.max_connections); retry later"}'
+            transport.write(render(503, body, (*JSON_HEADERS, (b"retry-after", b"1")), close=True))
+            transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -240,11 +247,13 @@ class LeanServer:
         handler: Handler,
         *,
         max_body_bytes: int,
+        max_connections: int = 1024,
         keepalive_s: float = 15.0,
         on_refused: Callable[[int], None] = lambda status: None,
     ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
         self.keepalive_s = keepalive_s
         self.on_refused = on_refused
         self.connections: set[Connection] = set()
@@ -260,12 +269,13 @@ class LeanServer:
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than keepalive_s (one timer for all of them)."""
+        """Close connections silent for longer than keepalive_s: idle keep-alive ones, and ones stuck in
+        the middle of sending a request (slow clients hold memory). One timer for all of them."""
         while True:
             await asyncio.sleep(1.0)
             cutoff = time.monotonic() - self.keepalive_s
             for conn in list(self.connections):
-                if conn.idle() and conn.last_active < cutoff:
+                if not conn.pending and conn.last_active < cutoff:
                     conn.close()
 
     async def shutdown(self, timeout: float) -> None:

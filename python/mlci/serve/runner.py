@@ -103,7 +103,11 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None)
     msock = _listen(s.management_host, s.management_port, "serving.management_port", src)
     inference.bind(sock.getsockname()[:2])
     lean = LeanServer(
-        inference, max_body_bytes=s.max_body_bytes, on_refused=lambda status: metrics.count("http", status)
+        inference,
+        max_body_bytes=s.max_body_bytes,
+        max_connections=s.max_connections,
+        keepalive_s=s.keepalive_s,
+        on_refused=lambda status: metrics.count("http", status),
     )
     management = _uvicorn(management_app(manager, mgmt_token), config)
 
