@@ -177,6 +177,17 @@ def test_changes_to_params_data_or_code_rerun(project: Path) -> None:
     assert mlci(project, "train").stdout.startswith(f"up to date: run {code}")
 
 
+def test_a_failed_gate_exits_1_and_the_no_op_repeats_the_verdict(project: Path) -> None:
+    strict = "gates.min_accuracy=0.9999"
+    first = mlci(project, "train", strict)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert re.search(r"^trained run r\d+", first.stdout, re.M)
+    again = mlci(project, "train", strict)
+    assert again.returncode == 1
+    assert again.stdout.startswith("up to date: run") and "gates FAILED" in again.stdout
+    assert "failed gate min_accuracy" in again.stdout
+
+
 def test_two_trainings_started_at_once_train_once(project: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(project / "python"))
     cmd = [sys.executable, "-m", "mlci", "train", "train.seed=7"]
