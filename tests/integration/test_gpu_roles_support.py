@@ -19,8 +19,7 @@ def sandbox_inventory(request: pytest.FixtureRequest) -> Path:
     skips/fails)."""
     if os.environ.get("MLCI_DEV_SANDBOX_INVENTORY"):
         return Path(os.environ["MLCI_DEV_SANDBOX_INVENTORY"])
-    request.getfixturevalue("sandbox")
-    return ROOT / "inventories" / "sandbox"
+    return request.getfixturevalue("sandbox").inventory
 
 
 def host_in_group(inventory: Path, group: str) -> str:
