@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ def run(argv: list[str]) -> int:
     from mlci.serve.runner import serve
 
     artifact = args.artifact if args.artifact is not None else champion_artifact(config)
+    # Swaps, rollbacks and server errors go to stderr; the ready line goes to stdout.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def ready(info: dict[str, Any]) -> None:
         # One JSON line that scripts and tests can wait for; the ports are the ones actually bound.

@@ -9,6 +9,7 @@ status; bad input never causes a 5xx.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from mlci.serve.protocol import ProtocolError, encode_infer, error_body, parse_i
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
+log = logging.getLogger("mlci.serve")
 _RETRY = ((b"content-type", b"application/json"), (b"retry-after", b"1"))
 _UNAUTHORIZED = ((b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"))
 
@@ -105,6 +107,7 @@ class InferenceApp:
                 rid = req.id if req.id is not None else str(next(self._ids))
                 out = encode_infer(self.manager.name, model.version, rid, logits, req, model.signature, model.classes)
             except Exception as exc:  # a server bug, not bad input: say so, keep serving
+                log.error("infer failed on %s: %s", r.path, exc, exc_info=exc)
                 metrics.count("infer", 500)
                 conn.respond(r, 500, error_body(f"internal error: {type(exc).__name__}: {exc}"))
                 return

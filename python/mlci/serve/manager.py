@@ -9,6 +9,7 @@ previous is dropped at a flip.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from mlci.errors import ArtifactError
 from mlci.serve import loaded
 from mlci.serve.loaded import LoadedModel
 from mlci.serve.metrics import Metrics
+
+log = logging.getLogger("mlci.serve")
 
 
 class SwapBusy(Exception):
@@ -63,6 +66,8 @@ class ModelManager:
         except ArtifactError as exc:
             self.last_error = str(exc)
             self.metrics.swaps.labels(action="load", outcome="refused").inc()
+            if self.current is not None:  # a refused first load is the command's error, printed once
+                log.warning("refused %s: %s", path, exc)
             raise
         finally:
             self.loading = None
@@ -72,6 +77,8 @@ class ModelManager:
         self.last_error = None
         self.metrics.model_version.set(_numeric(model.version))
         self.metrics.swaps.labels(action="load", outcome="ok").inc()
+        previous = self.previous.version if self.previous else "none"
+        log.info("serving %s version %s from %s (previous: %s)", self.name, model.version, model.path, previous)
         return self.status()
 
     def rollback(self) -> dict[str, Any]:
@@ -81,6 +88,7 @@ class ModelManager:
         self.current, self.previous = self.previous, self.current
         self.metrics.model_version.set(_numeric(self.current.version))
         self.metrics.swaps.labels(action="rollback", outcome="ok").inc()
+        log.info("rolled back: serving %s version %s", self.name, self.current.version)
         return self.status()
 
     def status(self) -> dict[str, Any]:
