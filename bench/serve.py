@@ -173,10 +173,16 @@ def main() -> int:
                 continue
             port = _free_port()
             argv = [c.replace("{port}", str(port)) for c in cmd]
-            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+            log = tmp / f"{name}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
             try:
                 base = f"http://127.0.0.1:{port}"
-                _wait_ready(f"{base}/health" if name == "naive" else f"{base}/v2/health/ready", proc)
+                try:
+                    _wait_ready(f"{base}/health" if name == "naive" else f"{base}/v2/health/ready", proc)
+                except SystemExit:
+                    print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+                    raise
                 url = f"{base}/v2/models/digits/infer"
                 results[name] = {}
                 for c in (1, 64):
