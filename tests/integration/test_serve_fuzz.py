@@ -133,3 +133,46 @@ def test_fuzzed_infer_requests_never_get_a_5xx(server: Server) -> None:
         assert client.post("/v2/models/digits/infer", json=infer_body(2)).status_code == 200
     assert server.proc.poll() is None
     assert "Traceback" not in server.output()
+
+
+@st.composite
+def raw_requests(draw: st.DrawFn) -> bytes:
+    """Bytes on the wire: mangled request lines, headers and lengths around a valid infer request."""
+    method = draw(mostly(b"POST", b"GET", b"PUT", b"", draw(st.binary(max_size=8))))
+    target = draw(mostly(b"/v2/models/digits/infer", b"/", b"*", b"/v2/%zz", draw(st.binary(max_size=20))))
+    version = draw(mostly(b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"HTTX"))
+    body = draw(mostly(json.dumps(infer_body()).encode(), draw(st.binary(max_size=200))))
+    length = draw(mostly(str(len(body)).encode(), b"-1", b"abc", b"99999999999", b"0", str(len(body) + 5).encode()))
+    headers = [b"host: t", b"content-length: " + length]
+    headers += draw(st.lists(st.sampled_from([b"transfer-encoding: chunked", b"expect: 100-continue",
+                                              b"connection: close", b"upgrade: websocket", b"x:" + b"y" * 9000,
+                                              b"bad header"]), max_size=2))  # fmt: skip
+    return method + b" " + target + b" " + version + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
+
+
+def test_fuzzed_raw_http_never_crashes_the_server(server: Server) -> None:
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(raw_requests())
+    def check(payload: bytes) -> None:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)  # no more bytes: the server must answer or close, not wait
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+        if data:
+            status = int(data.split(b" ", 2)[1])
+            assert status < 500 or status == 503, data[:300]
+
+    check()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.post("/v2/models/digits/infer", json=infer_body()).status_code == 200
+    assert server.proc.poll() is None and "Traceback" not in server.output()
