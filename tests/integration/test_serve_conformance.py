@@ -200,3 +200,11 @@ def test_metrics_count_requests_batches_and_the_model_version(client: httpx.Clie
         "mlci_shed_total",
     ):
         assert needle in text, needle
+
+
+def test_head_announces_the_length_without_a_body(server: Server) -> None:
+    data = raw_exchange(server, b"HEAD /v2 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n", 1)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and rest == b""
+    length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"content-length:")).split(b":")[1])
+    assert length == len(httpx.get(f"{server.url}/v2", timeout=30).content) > 0

@@ -67,10 +67,13 @@ class Request:
 Handler = Callable[[Request, "Connection"], None]
 
 
-def render(status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] | list, close: bool) -> bytes:
+def render(
+    status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] | list, close: bool, length: int | None = None
+) -> bytes:
+    """A whole response; `length` overrides the body's (HEAD answers announce the GET body's length)."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
     parts += [b"%s: %s\r\n" % (k, v) for k, v in headers if k not in (b"content-length", b"connection")]
-    parts.append(b"content-length: %d\r\n" % len(body))
+    parts.append(b"content-length: %d\r\n" % (len(body) if length is None else length))
     if close:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
@@ -190,11 +193,12 @@ class Connection(asyncio.Protocol):
         headers: tuple[tuple[bytes, bytes], ...] | list = JSON_HEADERS,
         *,
         close: bool = False,
+        length: int | None = None,
     ) -> None:
         """Answer `r`; answers leave in request order. Safe to call after the client went away."""
         close = close or not r.keep_alive or self.server.stopping
         r.close = close
-        r.response = render(status, body, headers, close)
+        r.response = render(status, body, headers, close, length)
         pending = self.pending
         while pending and pending[0].response is not None:
             done = pending.popleft()
@@ -374,5 +378,8 @@ async def _run_asgi(app: Any, r: Request, conn: Connection, server_name: tuple[s
     except Exception as exc:
         conn.respond(r, 500, b'{"error": "internal error: %s"}' % type(exc).__name__.encode())
         return
-    body = b"" if r.method == b"HEAD" else b"".join(chunks)
-    conn.respond(r, status, body, headers)
+    if r.method == b"HEAD":
+        declared = next((v for k, v in headers if k.lower() == b"content-length"), b"0")
+        conn.respond(r, status, b"", headers, length=int(declared))
+        return
+    conn.respond(r, status, b"".join(chunks), headers)
