@@ -262,6 +262,7 @@ class LeanServer:
         self.on_refused = on_refused
         self.connections: set[Connection] = set()
         self.stopping = False
+        self.force_exit = False  # set by a second SIGTERM: stop waiting for in-flight requests
         self._server: asyncio.Server | None = None
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -298,7 +299,7 @@ class LeanServer:
                 await loop.connect_accepted_socket(lambda: Connection(self), conn_sock)
         await asyncio.sleep(0.1)  # let requests already in socket buffers be read before judging "idle"
         deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
+        while self.connections and time.monotonic() < deadline and not self.force_exit:
             for conn in list(self.connections):
                 if conn.idle():
                     conn.close()

@@ -115,8 +115,9 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None)
     stopped = asyncio.Event()
 
     def stop() -> None:
-        if management.should_exit:  # a second signal: stop waiting for in-flight requests
+        if stopped.is_set():  # a second signal: stop waiting for in-flight requests
             management.force_exit = True
+            lean.force_exit = True
         management.should_exit = True
         stopped.set()
 
