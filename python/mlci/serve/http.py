@@ -1,7 +1,8 @@
 """A lean HTTP/1.1 server for the inference listener: httptools parses, uvloop runs, no task per request.
 
-Why not uvicorn here: measured on the 2-core development machine (bench/serve.py, wrk at 64 connections),
-uvicorn's ASGI request cycle alone costs about 35 us of CPU per request, this one about 7 us. The handler
+Why not uvicorn here: with a trivial handler on the 2-core development machine (wrk, 64 connections),
+uvicorn's ASGI request cycle cost about 35 us of server CPU per request and a bare httptools protocol about
+6 us; with the model, that difference is most of what bench/serve.py measures against FastAPI. The handler
 gets each complete request and answers through `Connection.respond`, at once or later (after a batch);
 answers go out in request order (pipelining). Rare routes reach a normal ASGI app through `asgi_handler`.
 
