@@ -2,7 +2,7 @@
 
 Why not uvicorn here: with a trivial handler on the 2-core development machine (wrk, 64 connections),
 uvicorn's ASGI request cycle cost about 35 us of server CPU per request and a bare httptools protocol about
-6 us; with the model, that difference is most of what bench/serve.py measures against FastAPI. The handler
+6 us, while a whole infer request here costs about 60 us (bench/serve.py). The handler
 gets each complete request and answers through `Connection.respond`, at once or later (after a batch);
 answers go out in request order (pipelining). Rare routes reach a normal ASGI app through `asgi_handler`.
 
