@@ -8,7 +8,7 @@ and max_delay is > 0, the batch waits up to max_delay (counted from its first re
 The forward pass runs inline on the event-loop thread: for the small models mlci serves it takes tens of
 microseconds, less than handing the batch to a worker thread and back. One batch runs per tick, so the
 loop keeps reading (and shedding) between batches under overload. The queue holds at most queue_size
-requests; `submit` returns None beyond that and the caller answers 503.
+requests; `submit` returns False beyond that and the caller answers 503.
 """
 
 from __future__ import annotations
