@@ -208,3 +208,11 @@ def test_head_announces_the_length_without_a_body(server: Server) -> None:
     assert head.startswith(b"HTTP/1.1 200 OK") and rest == b""
     length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"content-length:")).split(b":")[1])
     assert length == len(httpx.get(f"{server.url}/v2", timeout=30).content) > 0
+
+
+def test_nothing_is_answered_after_connection_close(server: Server, client: httpx.Client) -> None:
+    first = b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    second = b"GET /v2/health/ready HTTP/1.1\r\nhost: t\r\n\r\n"
+    data = raw_exchange(server, first + second + first, 3)  # reads until the server closes
+    assert data.count(b"HTTP/1.1 ") == 1 and b'{"live":true}' in data and b"connection: close" in data
+    assert client.get("/v2/health/ready").status_code == 200

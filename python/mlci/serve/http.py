@@ -106,7 +106,7 @@ class Connection(asyncio.Protocol):
             self.server.on_refused(503)
             body = b'{"error": "too many connections (serving.max_connections); retry later"}'
             transport.write(render(503, body, (*JSON_HEADERS, (b"retry-after", b"1")), close=True))
-            transport.close()
+            self.close()
             return
         self.server.connections.add(self)
 
@@ -116,6 +116,8 @@ class Connection(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:  # closed by us; bytes still arriving are ignored
+            return
         self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
@@ -146,7 +148,9 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         r = self.current
-        assert r is not None and self.transport is not None
+        assert r is not None
+        if self.transport is None:
+            return
         r.method = self.parser.get_method()
         r.keep_alive = self.parser.should_keep_alive()
         length = r.header(b"content-length")
@@ -171,6 +175,8 @@ class Connection(asyncio.Protocol):
         r = self.current
         assert r is not None
         self.current = None
+        if self.transport is None:  # closed after an earlier answer in the same read: drop the rest
+            return
         self.pending.append(r)
         if len(self.pending) >= MAX_PIPELINED:
             self._update_reading()
@@ -207,7 +213,7 @@ class Connection(asyncio.Protocol):
                 return
             self.transport.write(done.response)  # type: ignore[arg-type]
             if done.close:
-                self.transport.close()
+                self.close()
                 pending.clear()
                 return
         self.last_active = time.monotonic()
@@ -218,8 +224,10 @@ class Connection(asyncio.Protocol):
         return not self.pending and self.current is None
 
     def close(self) -> None:
+        """Close now; later answers and bytes for this connection are dropped."""
         if self.transport is not None:
             self.transport.close()
+            self.transport = None
 
     def _update_reading(self) -> None:
         if self.transport is None:
@@ -237,7 +245,7 @@ class Connection(asyncio.Protocol):
         self.server.on_refused(status)
         body = b'{"error": %s}' % _json_str(message)
         self.transport.write(render(status, body, JSON_HEADERS, close=True))
-        self.transport.close()
+        self.close()
 
 
 def _json_str(text: str) -> bytes:
