@@ -93,6 +93,7 @@ class Connection(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self._read_paused = False
         self._write_paused = False
+        self._last_request_closes = False
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport
@@ -116,7 +117,8 @@ class Connection(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self.transport is None:  # closed by us; bytes still arriving are ignored
+        # Closed by us, or the last request said `connection: close`: later bytes are not requests.
+        if self.transport is None or self._last_request_closes:
             return
         self.last_active = time.monotonic()
         try:
@@ -124,7 +126,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request ({exc})")
+            if not self._last_request_closes:  # else: bytes after `connection: close`, ignored
+                self._fail(400, f"malformed HTTP request ({exc})")
 
     def pause_writing(self) -> None:  # the client is not reading: stop reading its requests too
         self._write_paused = True
@@ -175,8 +178,9 @@ class Connection(asyncio.Protocol):
         r = self.current
         assert r is not None
         self.current = None
-        if self.transport is None:  # closed after an earlier answer in the same read: drop the rest
+        if self.transport is None or self._last_request_closes:  # no requests after a closing one
             return
+        self._last_request_closes = not r.keep_alive
         self.pending.append(r)
         if len(self.pending) >= MAX_PIPELINED:
             self._update_reading()
