@@ -121,7 +121,7 @@ def test_overload_sheds_with_503_keeps_memory_bounded_and_recovers(overload_serv
 
 
 def test_sigterm_lets_in_flight_requests_finish(slow_artifact: Path, tmp_path: Path) -> None:
-    rows, n = 256, 6  # each request is its own (slow) forward pass: about a second of work in all
+    rows, n = 384, 8  # each request is its own (slow) forward pass: seconds of work in all, even on a fast CPU
     body = json.dumps(infer_body(rows)).encode()
     request = b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     with serving(slow_artifact, tmp_path / "serve", "serving.max_batch_size=64") as server:
@@ -130,7 +130,7 @@ def test_sigterm_lets_in_flight_requests_finish(slow_artifact: Path, tmp_path: P
         try:
             for sock in socks:  # every request fully sent before SIGTERM
                 sock.sendall(request)
-            time.sleep(0.3)
+            time.sleep(0.2)
             answered, _, _ = select.select(socks, [], [], 0)
             code = server.terminate(timeout=60)
             replies = []
