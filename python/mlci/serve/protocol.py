@@ -7,6 +7,7 @@ client can fix its request from the message alone. Nothing here touches the mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,11 +36,11 @@ class Signature:
     n_classes: int
     classes: tuple[Any, ...]
 
-    @property
+    @cached_property  # read on every request
     def label_datatype(self) -> str:
         return "INT64" if all(type(c) is int for c in self.classes) else "BYTES"
 
-    @property
+    @cached_property
     def output_names(self) -> tuple[str, str]:
         return (self.output_name, "label")
 
