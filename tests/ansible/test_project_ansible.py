@@ -143,7 +143,7 @@ def test_site_on_the_local_inventory_in_check_mode_touches_no_system_role(tmp_pa
         if task["task"]["name"].startswith(system) and not all(r.get("skipped") for r in task["hosts"].values())
     ]
     assert ran == []
-    assert json.loads((tmp_path / "localhost.json").read_text())["host"] == "localhost"
+    assert list(json.loads((tmp_path / "verdict.json").read_text())["hosts"]) == ["localhost"]
 
 
 @pytest.mark.slow

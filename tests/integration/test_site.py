@@ -129,14 +129,16 @@ def test_preflight_fails_once_listing_every_unmet_requirement(sandbox, converged
         (message,) = [f for f in failed if f.startswith(f"{host.name}: ")]
         assert "2 requirement(s)" in message
         assert "need 100000000 MiB" in message and "ports in use: 22 (held by sshd)" in message
-        verdict = json.loads((tmp_path / f"{host.name}.json").read_text())
-        assert verdict["ok"] is False and len(verdict["unmet"]) == 2
+        verdict = json.loads((tmp_path / "verdict.json").read_text())
+        assert verdict["ok"] is False
+        assert verdict["hosts"][host.name]["ok"] is False and len(verdict["hosts"][host.name]["unmet"]) == 2
     # The same hosts with reachable minimums pass and say so.
     ok = ansible_playbook(
         sandbox.inventory, "-e", json.dumps({"preflight_verdict_dir": str(tmp_path)}), "playbooks/preflight.yml"
     )
     assert not failures(ok)
-    assert all(json.loads((tmp_path / f"{h.name}.json").read_text())["ok"] is True for h in sandbox.hosts)
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["ok"] is True and set(verdict["hosts"]) == {h.name for h in sandbox.hosts}
 
 
 def test_other_roles_merge_daemon_json_through_the_docker_role(sandbox, converged, tmp_path: Path) -> None:
