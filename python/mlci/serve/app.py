@@ -201,7 +201,14 @@ def _routes(app: InferenceApp) -> Any:
             await starlette(scope, receive, send)
             return
         path = scope["path"]
-        route = "health" if path.startswith("/v2/health") else "metrics" if path == "/metrics" else "metadata"
+        if path.startswith("/v2/health"):
+            route = "health"
+        elif path == "/metrics":
+            route = "metrics"
+        elif path == "/v2" or path.startswith("/v2/models/"):
+            route = "metadata"
+        else:
+            route = "other"
 
         async def send_counted(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
