@@ -137,6 +137,8 @@ class ServingConfig:
     max_connections: int = _checked(1024, positive())
     # Connections silent this long (idle keep-alive, or a request stuck halfway) are closed.
     keepalive_s: float = _checked(15.0, positive())
+    # Where the forward pass runs: auto = cuda when the host has a GPU, else cpu.
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
 @dataclass(frozen=True)

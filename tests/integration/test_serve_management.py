@@ -223,3 +223,12 @@ def test_swap_under_traffic_drops_nothing_and_flips_once(tmp_path: Path) -> None
     for versions in seen:  # each client: version 1, then version 2 from the flip on, never back
         flip = versions.index("2")
         assert flip > 0 and set(versions[:flip]) == {"1"} and set(versions[flip:]) == {"2"}
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU: serving.device=cuda is valid here")
+    result = run_serve("--artifact", str(make_artifact(tmp_path / "a")), "serving.device=cuda")
+    assert result.returncode == 2 and "serving.device = 'cuda': no CUDA device is available here" in result.stderr

@@ -26,6 +26,7 @@ class LoadedModel:
     module: torch.nn.Module
     signature: Signature
     classes: np.ndarray
+    device: str = "cpu"
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -39,7 +40,9 @@ class LoadedModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(rows, n_features) float32 -> (rows, n_classes) float32 logits."""
         with torch.inference_mode():
-            return self.module(torch.from_numpy(x)).float().numpy()
+            if self.device == "cpu":
+                return self.module(torch.from_numpy(x)).float().numpy()
+            return self.module(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -51,36 +54,38 @@ class LoadedModel:
         }
 
 
-def load(path: Path, *, warm_rows: tuple[int, ...] = (1, 64), jit: bool = True) -> LoadedModel:
+def load(path: Path, *, warm_rows: tuple[int, ...] = (1, 64), jit: bool = True, device: str = "cpu") -> LoadedModel:
     """Verify + load + smoke-test (+ trace) + warm an artifact directory. Raises ArtifactError with the reason."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise ArtifactError(f"{path}: not an artifact directory")
     try:
-        return _load(path, warm_rows, jit)
+        return _load(path, warm_rows, jit, device)
     except ArtifactError:
         raise
     except Exception as exc:  # anything else a broken artifact can raise: refuse it, never crash the server
         raise ArtifactError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
 
 
-def _load(path: Path, warm_rows: tuple[int, ...], jit: bool) -> LoadedModel:
-    module, manifest = load_model(path)
+def _load(path: Path, warm_rows: tuple[int, ...], jit: bool, device: str) -> LoadedModel:
+    module, manifest = load_model(path, device=device)
     try:
         sig = Signature.of(manifest)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ArtifactError(f"{path}: manifest input/output is malformed ({exc!r})") from None
     smoke_test(module, manifest)
     if jit:
-        module = _traced(module, sig.n_features, manifest["smoke"]["input"])
-    model = LoadedModel(path, manifest, module, sig, np.array(sig.classes))
+        module = _traced(module, sig.n_features, manifest["smoke"]["input"], device)
+    model = LoadedModel(path, manifest, module, sig, np.array(sig.classes), device)
     for rows in sorted({1, 2, 3, *warm_rows}):  # first calls allocate and specialize: pay before traffic
         for _ in range(3):
             model.predict(np.zeros((rows, sig.n_features), dtype=np.float32))
     return model
 
 
-def _traced(module: torch.nn.Module, n_features: int, smoke_input: list[list[float]]) -> torch.nn.Module:
+def _traced(
+    module: torch.nn.Module, n_features: int, smoke_input: list[list[float]], device: str = "cpu"
+) -> torch.nn.Module:
     """TorchScript trace + freeze: a small model's forward runs 2-4x faster without Python per layer.
 
     Kept only when it matches eager mode on the smoke input and on random batches of several sizes;
@@ -90,10 +95,11 @@ def _traced(module: torch.nn.Module, n_features: int, smoke_input: list[list[flo
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings are about the cases checked below
-            traced = torch.jit.freeze(torch.jit.trace(module, torch.zeros(2, n_features), check_trace=False).eval())
+            example = torch.zeros(2, n_features, device=device)
+            traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False).eval())
             checks = [torch.tensor(smoke_input, dtype=torch.float32)]
             checks += [torch.randn(rows, n_features, generator=gen) * 8 for rows in (1, 5, 64)]
-            for x in checks:
+            for x in (c.to(device) for c in checks):
                 if not torch.allclose(traced(x), module(x), rtol=1e-4, atol=1e-5):
                     return module
     except Exception:

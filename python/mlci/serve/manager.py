@@ -26,11 +26,20 @@ class SwapBusy(Exception):
 
 
 class ModelManager:
-    def __init__(self, name: str, metrics: Metrics, *, warm_rows: tuple[int, ...] = (1, 64), jit: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        metrics: Metrics,
+        *,
+        warm_rows: tuple[int, ...] = (1, 64),
+        jit: bool = True,
+        device: str = "cpu",
+    ) -> None:
         self.name = name
         self.metrics = metrics
         self.warm_rows = warm_rows
         self.jit = jit
+        self.device = device
         self.current: LoadedModel | None = None
         self.previous: LoadedModel | None = None
         self.loading: str | None = None  # artifact path being loaded
@@ -54,7 +63,9 @@ class ModelManager:
             raise SwapBusy(f"already loading {self.loading}")
         self.loading = str(path)
         try:
-            model = await asyncio.to_thread(loaded.load, Path(path), warm_rows=self.warm_rows, jit=self.jit)
+            model = await asyncio.to_thread(
+                loaded.load, Path(path), warm_rows=self.warm_rows, jit=self.jit, device=self.device
+            )
             if sha256 is not None and model.sha256 != sha256:
                 raise ArtifactError(f"{path}: weights sha256 {model.sha256} is not the expected {sha256}")
             same = self.get(model.version)

@@ -62,6 +62,17 @@ def _uvicorn(app: Any, config: Config) -> _Server:
     )
 
 
+def _device(preference: str, source: str) -> str:
+    """serving.device -> "cpu" or "cuda" (auto: cuda when this host has one)."""
+    import torch
+
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(source, "serving.device", preference, "no CUDA device is available here")
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -88,7 +99,8 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None)
         required=not is_loopback(s.management_host),
     )
     metrics = Metrics(s.model_name)
-    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit)
+    device = _device(s.device, src)
+    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit, device=device)
     await manager.load(artifact)  # an ArtifactError here stops the server before it listens
     # Everything alive now (torch, the model, the app) lives as long as the process: keep it out of the
     # cyclic GC, whose full passes over torch's objects otherwise show up as multi-millisecond tail latency.
