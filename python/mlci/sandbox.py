@@ -123,7 +123,7 @@ class Sandbox:
             for container in self._containers():
                 if container.name not in wanted or container.status != "running":
                     self.progress(f"removing {container.name} ({container.status})")
-                    container.remove(force=True, v=True)
+                    self._remove_host(container)
             existing = {c.name for c in self._containers()}
             started = [name for name in wanted if name not in existing]
             for name in started:
@@ -140,8 +140,10 @@ class Sandbox:
             removed = []
             for container in self._containers():
                 self.progress(f"removing {container.name}")
-                container.remove(force=True, v=True)
+                self._remove_host(container)
                 removed.append(container.name)
+            for volume in self.client.volumes.list(filters={"label": f"{LABEL}={self.project}"}):
+                volume.remove(force=True)
             for network in self.client.networks.list(filters={"label": f"{LABEL}={self.project}"}):
                 network.remove()
                 removed.append(f"network {network.name}")
@@ -268,10 +270,27 @@ class Sandbox:
             return found[0]
         return self.client.networks.create(self.network_name, driver="bridge", labels=self._labels())
 
+    def _docker_volume(self, container_name: str) -> str:
+        return f"{container_name}-docker"
+
+    def _remove_host(self, container: Any) -> None:
+        """The container and its engine volume: a host that goes away leaves nothing behind."""
+        import docker.errors
+
+        container.remove(force=True, v=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.volumes.get(self._docker_volume(container.name)).remove(force=True)
+
     def _start_host(self, image: str, network: Any, index: int, public_key: str) -> None:
+        import docker.errors
+
         name, host = self._container_name(index), self._host_name(index)
         self.progress(f"starting {host} ({name})")
         self._forget_facts([host])
+        # A fresh host gets a fresh engine volume (a leftover would carry an old engine's state).
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.volumes.get(self._docker_volume(name)).remove(force=True)
+        volume = self.client.volumes.create(self._docker_volume(name), labels=self._labels())
         container = self.client.containers.create(
             image,
             name=name,
@@ -284,7 +303,7 @@ class Sandbox:
             volumes={
                 "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                 # A Docker engine inside a serving host needs a real filesystem, not the overlay root.
-                f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"},
+                volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
             },
             ports={"22/tcp": ("127.0.0.1", None)},
             network=network.name,
@@ -356,8 +375,13 @@ class Sandbox:
 
     def _forget_facts(self, hosts: Iterator[str] | list[str]) -> None:
         """Drop cached Ansible facts of hosts that are (re)created: a new container is a new machine."""
-        for host in hosts:
-            (self.facts_dir / host).unlink(missing_ok=True)
+        if not self.facts_dir.is_dir():
+            return
+        names = set(hosts)
+        for path in self.facts_dir.iterdir():
+            # The jsonfile cache names a file after the host, with a format prefix ("s1_") in newer releases.
+            if path.name in names or path.name.partition("_")[2] in names:
+                path.unlink(missing_ok=True)
 
     # --- inventory ---------------------------------------------------------------------------------
 

@@ -116,6 +116,7 @@ def test_up_then_down_removes_everything_but_the_images(sandbox, tmp_path: Path)
     assert any(name.startswith("network ") for name in removed)
     assert not client.containers.list(all=True, filters={"label": f"{LABEL}={box.project}"})
     assert not client.networks.list(filters={"label": f"{LABEL}={box.project}"})
+    assert not client.volumes.list(filters={"label": f"{LABEL}={box.project}"})
     assert not (project / "inventories/sandbox").exists()
     assert not (project / ".sandbox/id_ed25519").exists()
     assert client.images.list(name="mlci-sandbox-host"), "the cached image went away with the hosts"

@@ -88,6 +88,7 @@ def test_hosts_without_a_gpu_skip_the_driver_with_its_message(sandbox, converged
     messages = {
         host: " ".join(str(r.get("msg", "")) for r in found)
         for host, found in results(converged["second"], "driver is skipped").items()
+        if not all(r.get("skipped") for r in found)  # the driver role is not for load balancers
     }
     managed = {h.name for h in sandbox.hosts if {"gpu_runners", "serving"} & set(h.groups)}
     assert set(messages) == managed
