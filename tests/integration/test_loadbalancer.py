@@ -4,9 +4,11 @@ health check, and refuses a configuration that `nginx -t` rejects without touchi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from test_gpu_roles_support import hosts_in_group, playbook, sandbox_inventory, task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -62,8 +64,8 @@ BACKEND_STATE = """
         tasks_from: backend
 """
 
-ASK = """
-- name: Ask the load balancer
+ENTRIES = """
+- name: Read the load balancer's upstream entries
   hosts: "{{ lb }}"
   gather_facts: false
   tasks:
@@ -73,6 +75,13 @@ ASK = """
     - name: Read the upstream entries
       ansible.builtin.shell: cat /etc/nginx/mlci-backends/*.conf
       changed_when: false
+"""
+
+ASK = """
+- name: Ask the load balancer
+  hosts: "{{ lb }}"
+  gather_facts: false
+  tasks:
     - name: Ask its own health
       ansible.builtin.uri:
         url: http://127.0.0.1/lb/health
@@ -101,15 +110,26 @@ def backends(inventory: Path, tmp_path: Path):
         playbook(inventory, STOP_BACKENDS, tmp_path, {})
 
 
+def _sandbox_addresses(inventory: Path) -> set[str]:
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())["all"]["hosts"]
+    return {h["sandbox_address"] for h in hosts.values()}
+
+
 def _ask(inventory: Path, tmp_path: Path, lb: str, requests: int) -> tuple[list[tuple[int, str]], str]:
-    out = playbook(inventory, ASK, tmp_path, {"lb": lb, "requests": requests})
+    out = playbook(inventory, ENTRIES, tmp_path, {"lb": lb})
     assert task_results(out, lb, "Check the configuration")[0]["rc"] == 0
+    entries = task_results(out, lb, "Read the upstream entries")[0]["stdout"]
+    # Traffic goes only to the sandbox's own hosts: refuse to send any if an entry points elsewhere.
+    upstreams = set(re.findall(r"^server ([\d.]+):", entries, flags=re.M))
+    assert upstreams and upstreams <= _sandbox_addresses(inventory), (upstreams, _sandbox_addresses(inventory))
+
+    out = playbook(inventory, ASK, tmp_path, {"lb": lb, "requests": requests})
     assert task_results(out, lb, "Ask its own health")[0]["content"] == "ok\n"
     answers = [
         (r["status"], r.get("content", "").strip())
         for r in task_results(out, lb, "Send requests through it")[0]["results"]
     ]
-    return answers, task_results(out, lb, "Read the upstream entries")[0]["stdout"]
+    return answers, entries
 
 
 def test_loadbalancer_proxies_drains_and_enables_backends(inventory: Path, tmp_path: Path, backends: list[str]):
