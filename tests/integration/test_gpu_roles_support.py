@@ -17,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def sandbox_inventory(request: pytest.FixtureRequest) -> Path:
     """The sandbox's inventory folder, from a test's fixture (the sandbox fixture brings the hosts up or
     skips/fails)."""
-    if os.environ.get("MLCI_DEV_SANDBOX_INVENTORY"):
-        return Path(os.environ["MLCI_DEV_SANDBOX_INVENTORY"])
     return request.getfixturevalue("sandbox").inventory
 
 
