@@ -181,6 +181,10 @@ SERVE_MIRROR = """
         src: "{{ mirror_dir }}/"
         dest: /srv/mlci-test-mirror/
         mode: preserve
+    - name: Stop a mirror an interrupted run left behind
+      ansible.builtin.command: systemctl stop mlci-test-mirror
+      changed_when: false
+      failed_when: false
     - name: Serve it over HTTP on 127.0.0.1 as a transient unit
       ansible.builtin.command: >-
         systemd-run --unit=mlci-test-mirror --collect python3 -m http.server {{ port }} --bind 127.0.0.1

@@ -26,6 +26,10 @@ BACKENDS = """
         echo "backend {{ inventory_hostname }}" > /srv/mlci-test-backend/index.html
         echo ready > /srv/mlci-test-backend/v2/health/ready
       changed_when: true
+    - name: Stop a backend an interrupted run left behind
+      ansible.builtin.command: systemctl stop mlci-test-backend
+      changed_when: false
+      failed_when: false
     - name: Serve them as a transient unit
       ansible.builtin.command: >-
         systemd-run --unit=mlci-test-backend --collect python3 -m http.server {{ port }}
