@@ -84,6 +84,12 @@ def train(session: nox.Session) -> None:
     _mlci(session, "train")
 
 
+@nox.session(default=False)
+def periodic(session: nox.Session) -> None:
+    """What cron runs on runners: retrain when code or data changed (else skip), gate and report."""
+    _mlci(session, "train")
+
+
 @nox.session
 def evaluate(session: nox.Session) -> None:
     """Evaluate the latest run against the champion and apply the gates (exit 1 when one fails)."""
