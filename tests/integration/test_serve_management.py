@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 import time
@@ -13,22 +11,7 @@ import httpx
 import pytest
 from test_serve_support import CONFIG, infer_body, make_artifact, serving
 
-
-def corrupt_one_byte(artifact: Path, dest: Path) -> Path:
-    copy = shutil.copytree(artifact, dest)
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
-    return copy
-
-
-def break_smoke_test(artifact: Path, dest: Path) -> Path:
-    copy = shutil.copytree(artifact, dest)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["smoke"]["expected_labels"] = [(label + 1) % 10 for label in manifest["smoke"]["expected_labels"]]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
+from artifact_factory import break_smoke_test, corrupt_one_byte
 
 
 def served_version(client: httpx.Client, path: str = "/v2/models/digits/infer") -> str:

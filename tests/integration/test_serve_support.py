@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from artifact_factory import build_artifact
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "mlci.toml"
 N_FEATURES = 64
@@ -25,28 +27,7 @@ READY = re.compile(r"^mlci serve ready (\{.*\})$", re.M)
 
 def make_artifact(root: Path, *, version: int = 1, seed: int = 0, hidden: Sequence[int] = (32, 32)) -> Path:
     """A real artifact of an untrained digits-shaped MLP (like tests/conftest.py's fixture, any scope)."""
-    import torch
-
-    from mlci.artifacts import package
-    from mlci.model import build_model
-
-    torch.manual_seed(seed)
-    features = [f"px_{r}_{c}" for r in range(8) for c in range(8)]
-    model = build_model("mlci.model:mlp", {"hidden": list(hidden)}, N_FEATURES, 10)
-    smoke = torch.randint(0, 17, (4, N_FEATURES), generator=torch.Generator().manual_seed(seed)).float().tolist()
-    return package(
-        root,
-        model,
-        model_name="digits",
-        version=version,
-        run_id=f"serve-test-{version}-{seed}",
-        factory="mlci.model:mlp",
-        params={"hidden": list(hidden)},
-        features=features,
-        classes=list(range(10)),
-        smoke_input=smoke,
-        config={},
-    ).path
+    return build_artifact(root, version=version, seed=seed, hidden=hidden).path
 
 
 def infer_body(rows: int = 1, *, value: float = 3.0, **extra: Any) -> dict[str, Any]:

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from artifact_factory import break_smoke_test, corrupt_one_byte
 from mlci.artifacts import load_model
 from mlci.errors import ArtifactError
 from mlci.serve import loaded
 from mlci.serve.manager import ModelManager
 from mlci.serve.metrics import Metrics
-
-
-def corrupt_one_byte(artifact: Path, dest: Path) -> Path:
-    copy = shutil.copytree(artifact, dest)
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
-    return copy
-
-
-def break_smoke_test(artifact: Path, dest: Path) -> Path:
-    copy = shutil.copytree(artifact, dest)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["smoke"]["expected_logits"] = [[v + 1.0 for v in row] for row in manifest["smoke"]["expected_logits"]]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
 
 
 @pytest.mark.parametrize("jit", [True, False])

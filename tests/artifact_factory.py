@@ -1,0 +1,57 @@
+"""Real model artifacts for tests: untrained digits-shaped MLPs packaged by mlci itself, and broken copies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+FEATURES = [f"px_{r}_{c}" for r in range(8) for c in range(8)]
+
+
+def build_artifact(root: Path, *, version: int = 1, seed: int = 0, hidden: Sequence[int] = (128, 128)):
+    """Package a seeded, untrained MLP under `root`; returns the ArtifactRef."""
+    import torch
+
+    from mlci.artifacts import package
+    from mlci.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("mlci.model:mlp", {"hidden": list(hidden)}, len(FEATURES), 10)
+    gen = torch.Generator().manual_seed(seed)
+    smoke = torch.randint(0, 17, (4, len(FEATURES)), generator=gen).float().tolist()
+    return package(
+        root,
+        model,
+        model_name="digits",
+        version=version,
+        run_id=f"test-{version}-{seed}",
+        factory="mlci.model:mlp",
+        params={"hidden": list(hidden)},
+        features=FEATURES,
+        classes=list(range(10)),
+        smoke_input=smoke,
+        config={},
+    )
+
+
+def corrupt_one_byte(artifact: Path, dest: Path) -> Path:
+    """A copy of `artifact` whose weights differ by one bit (the manifest's sha256 no longer matches)."""
+    copy = shutil.copytree(artifact, dest)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return copy
+
+
+def break_smoke_test(artifact: Path, dest: Path) -> Path:
+    """A copy of `artifact` whose manifest expects other outputs than the weights give."""
+    copy = shutil.copytree(artifact, dest)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    smoke = manifest["smoke"]
+    smoke["expected_labels"] = [(label + 1) % 10 for label in smoke["expected_labels"]]
+    smoke["expected_logits"] = [[v + 1.0 for v in row] for row in smoke["expected_logits"]]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
