@@ -8,26 +8,14 @@ Usage: python3 bench/bench_bootstrap.py [rows] [resamples] [repeats]
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 
 from mlci.evaluate import bootstrap, point_metrics
+from timing import median_ms
 
 K = 10
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def loop(y: np.ndarray, preds: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, np.ndarray]:

@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from mlci.config import Config, load_config
 from mlci.data import check, data_files
+from timing import median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm the page cache and lazy imports
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def compare(label: str, config: Config, repeats: int) -> None:
