@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_gpu_roles_support import ROOT, host_in_group, playbook, sandbox_inventory, task_results
+from ansible_json import ROOT
+from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, task_results
 
 ROLE = "- name: Model server\n  hosts: '{{ target }}'\n  roles: [model_server]\n"
 

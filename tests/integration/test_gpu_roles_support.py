@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
+from ansible_json import ansible_playbook
 
 
 def sandbox_inventory(request: pytest.FixtureRequest) -> Path:
@@ -44,33 +41,7 @@ def playbook(inventory: Path, plays: str, tmp_path: Path, extra: dict[str, Any],
     play.write_text(plays)
     extra_file = tmp_path / f"extra-{count}.json"
     extra_file.write_text(json.dumps(extra))
-    env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_NOCOLOR": "1"}
-    run = subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), "-e", f"@{extra_file}", str(play)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    try:
-        out = json.loads(run.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible-playbook {play.name} printed no JSON (exit {run.returncode}):\n{run.stderr[-3000:]}")
-    if run.returncode != rc:
-        failed = [
-            f"{task['task']['name']} on {host}: {result.get('msg') or result.get('stderr') or result}"
-            for p in out["plays"]
-            for task in p["tasks"]
-            for host, result in task["hosts"].items()
-            if result.get("failed") or result.get("unreachable")
-        ]
-        pytest.fail(
-            f"ansible-playbook {play.name}: exit {run.returncode}, wanted {rc}:\n"
-            + "\n".join(failed)
-            + f"\n{run.stderr[-2000:]}"
-        )
-    return out
+    return ansible_playbook(inventory, "-e", f"@{extra_file}", str(play), rc=rc, timeout=900)
 
 
 def task_results(out: dict[str, Any], host: str, name_start: str) -> list[dict[str, Any]]:
