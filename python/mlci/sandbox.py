@@ -406,8 +406,10 @@ class Sandbox:
             "ansible_user": "root",
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_private_key_file": str(self.key_path),
-            # Ports are reused by fresh hosts with fresh host keys: no known_hosts for the sandbox.
+            # Ports are reused by fresh hosts with fresh host keys: no known_hosts for the sandbox. The
+            # variable is for Mitogen's SSH transport, which reads it instead of the ssh arguments.
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            "ansible_host_key_checking": False,
             "mlci_sandbox": True,
             # Containers share the machine's disk and memory; these are the sandbox's own minimums.
             "preflight_min_disk_gb": 2,

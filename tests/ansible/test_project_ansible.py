@@ -107,6 +107,45 @@ def test_production_example_checks_host_keys_and_keeps_secrets_in_the_vault() ->
         assert "StrictHostKeyChecking=no" not in text
 
 
+def test_inventory_validation_names_every_bad_host_and_stops_the_run(tmp_path: Path) -> None:
+    (tmp_path / "hosts.yml").write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": {"ansible_connection": "local"},
+                    "hosts": {"good": None, "stray": None, "odd": {"mlci_manage_system": "maybe"}},
+                    "children": {"serving": {"hosts": {"good": None, "odd": None}}},
+                }
+            }
+        )
+    )
+    (tmp_path / "run.yml").write_text(
+        yaml.safe_dump(
+            [
+                {"name": "Validate", "ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")},
+                {
+                    "name": "Must not start",
+                    "hosts": "all",
+                    "gather_facts": False,
+                    "tasks": [{"name": "Reached", "ansible.builtin.debug": {"msg": "PLAY-AFTER-VALIDATION-RAN"}}],
+                },
+            ]
+        )
+    )
+    run = subprocess.run(
+        ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "run.yml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 2, out
+    assert "stray: needs" in out and "(is in ['ungrouped'])" in out, out
+    assert "odd: needs" in out and "(is maybe)" in out, out
+    assert "good: needs" not in out and "PLAY-AFTER-VALIDATION-RAN" not in out, out
+
+
 @pytest.mark.parametrize("inventory", ["inventories/local", "inventories/production.example"])
 def test_syntax_check(inventory: str) -> None:
     run = subprocess.run(

@@ -1,0 +1,35 @@
+"""mlci's default strategy: Ansible's `linear`, run through Mitogen when it is installed.
+
+Mitogen keeps one Python interpreter per host alive for the whole run and sends modules over its own channel,
+so a task costs a message instead of an SSH exec, a fresh remote interpreter and a module upload. On the
+sandbox fleet that halves an idempotent `site.yml` and keeps it flat as hosts are added (bench/site.py).
+
+Ansible looks strategies up by file in `strategy_plugins` (ansible.cfg), and Mitogen's own plugin folder sits
+inside whatever environment installed it; this file bridges the two. Without Mitogen the run falls back to
+the stock `linear` strategy with one warning, so a plain `pip install ansible` still works, only slower.
+`ANSIBLE_STRATEGY=linear` opts out for a single run.
+"""
+
+from __future__ import annotations
+
+from ansible.utils.display import Display
+
+try:
+    import ansible_mitogen.loaders
+    import ansible_mitogen.strategy
+except ImportError as missing:
+    from ansible.plugins.strategy.linear import StrategyModule as _Linear
+
+    Display().warning(
+        f"Mitogen is not installed ({missing}); running the plain linear strategy. "
+        "`pip install mitogen` (part of mlci's dependencies) makes runs about twice as fast."
+    )
+
+    class StrategyModule(_Linear):
+        pass
+
+else:
+    _Linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
+
+    class StrategyModule(ansible_mitogen.strategy.StrategyMixin, _Linear):
+        pass
