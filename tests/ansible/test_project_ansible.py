@@ -107,6 +107,38 @@ def test_production_example_checks_host_keys_and_keeps_secrets_in_the_vault() ->
         assert "StrictHostKeyChecking=no" not in text
 
 
+def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_missing(tmp_path: Path) -> None:
+    hidden = tmp_path / "no_mitogen" / "ansible_mitogen"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    (tmp_path / "play.yml").write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Local",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "tasks": [
+                        {"name": "Say", "ansible.builtin.debug": {"msg": "STRATEGY-{{ ansible_play_batch | length }}"}}
+                    ],
+                }
+            ]
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(hidden.parent), "ANSIBLE_NOCOLOR": "1"}
+    run = subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "Mitogen is not installed" in out and "STRATEGY-1" in out, out
+
+
 def test_inventory_validation_names_every_bad_host_and_stops_the_run(tmp_path: Path) -> None:
     (tmp_path / "hosts.yml").write_text(
         yaml.safe_dump(
