@@ -31,6 +31,31 @@ def readme_variables(readme: str, role: str) -> set[str]:
     return set(re.findall(rf"^\s*(?:\||-)\s*`({role}_\w+)`", match.group(1), flags=re.M))
 
 
+def run_playbook(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """ansible-playbook from the project folder (its ansible.cfg); the exit code and all it printed."""
+    run = subprocess.run(
+        ["ansible-playbook", *args],
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return run.returncode, run.stdout + run.stderr
+
+
+def one_local_play(name: str, message: str) -> list[dict]:
+    """A play of one debug task on every host, printing `message`: a marker that the play ran."""
+    return [
+        {
+            "name": name,
+            "hosts": "all",
+            "gather_facts": False,
+            "tasks": [{"name": "Say", "ansible.builtin.debug": {"msg": message}}],
+        }
+    ]
+
+
 def test_the_core_roles_exist() -> None:
     assert {"common", "preflight", "docker", "ci_runner"} <= set(ROLES)
 
@@ -112,30 +137,12 @@ def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_m
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
     (tmp_path / "play.yml").write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "name": "Local",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "tasks": [
-                        {"name": "Say", "ansible.builtin.debug": {"msg": "STRATEGY-{{ ansible_play_batch | length }}"}}
-                    ],
-                }
-            ]
-        )
+        yaml.safe_dump(one_local_play("Local", "STRATEGY-{{ ansible_play_batch | length }}"))
     )
-    env = {**os.environ, "PYTHONPATH": str(hidden.parent), "ANSIBLE_NOCOLOR": "1"}
-    run = subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    rc, out = run_playbook(
+        "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"), env={"PYTHONPATH": str(hidden.parent)}
     )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out
+    assert rc == 0, out
     assert "Mitogen is not installed" in out and "STRATEGY-1" in out, out
 
 
@@ -155,24 +162,12 @@ def test_inventory_validation_names_every_bad_host_and_stops_the_run(tmp_path: P
         yaml.safe_dump(
             [
                 {"name": "Validate", "ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")},
-                {
-                    "name": "Must not start",
-                    "hosts": "all",
-                    "gather_facts": False,
-                    "tasks": [{"name": "Reached", "ansible.builtin.debug": {"msg": "PLAY-AFTER-VALIDATION-RAN"}}],
-                },
+                *one_local_play("Must not start", "PLAY-AFTER-VALIDATION-RAN"),
             ]
         )
     )
-    run = subprocess.run(
-        ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "run.yml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 2, out
+    rc, out = run_playbook("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "run.yml"))
+    assert rc == 2, out
     assert "stray: needs" in out and "(is in ['ungrouped'])" in out, out
     assert "odd: needs" in out and "(is maybe)" in out, out
     assert "good: needs" not in out and "PLAY-AFTER-VALIDATION-RAN" not in out, out
