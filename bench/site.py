@@ -64,15 +64,26 @@ def playbook(project: Path, *args: str, env: dict[str, str]) -> tuple[float, dic
     return seconds, out["stats"]
 
 
-def idempotent(project: Path, env: dict[str, str], repeats: int, *args: str) -> float:
+def cpu_ticks() -> tuple[int, int]:
+    """Busy and total jiffies of the whole machine (controller and sandbox hosts share its cores)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(n) for n in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def idempotent(project: Path, env: dict[str, str], repeats: int, *args: str) -> tuple[float, float]:
+    """Median seconds of `repeats` idempotent runs, and how busy the machine's cores were meanwhile (0..1)."""
     times = []
+    busy0, total0 = cpu_ticks()
     for _ in range(repeats):
         seconds, stats = playbook(project, *args, env=env)
         changed = {host: s["changed"] for host, s in stats.items() if s["changed"]}
         if changed:
             sys.exit(f"not idempotent: changed tasks per host {changed}")
         times.append(seconds)
-    return statistics.median(times)
+    busy1, total1 = cpu_ticks()
+    return statistics.median(times), (busy1 - busy0) / max(1, total1 - total0)
 
 
 def main() -> None:
@@ -100,13 +111,13 @@ def main() -> None:
                 playbook(project, "site.yml", env=env)
                 print(f"{hosts} hosts: converge (first run for new hosts) {time.perf_counter() - start:6.1f} s")
                 playbook(project, str(plain), env=plain_env)
-                site_s = idempotent(project, env, repeats, "site.yml")
-                plain_s = idempotent(project, plain_env, repeats, str(plain))
-                linear_s = idempotent(project, linear_env, repeats, "site.yml")
+                site_s, busy = idempotent(project, env, repeats, "site.yml")
+                plain_s, _ = idempotent(project, plain_env, repeats, str(plain))
+                linear_s, _ = idempotent(project, linear_env, repeats, "site.yml")
                 figures[hosts] = (site_s, plain_s, linear_s)
                 print(
-                    f"{hosts} hosts: idempotent site.yml {site_s:6.1f} s  (stock linear strategy {linear_s:5.1f} s, "
-                    f"plain 14-item playbook {plain_s:5.1f} s)"
+                    f"{hosts} hosts: idempotent site.yml {site_s:6.1f} s, {busy:4.0%} of {os.cpu_count()} cores busy "
+                    f"(stock linear strategy {linear_s:5.1f} s, plain 14-item playbook {plain_s:5.1f} s)"
                 )
         finally:
             box.down()
