@@ -31,17 +31,17 @@ def readme_variables(readme: str, role: str) -> set[str]:
     return set(re.findall(rf"^\s*(?:\||-)\s*`({role}_\w+)`", match.group(1), flags=re.M))
 
 
-def run_playbook(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """ansible-playbook from the project folder (its ansible.cfg); the exit code and all it printed."""
+def run_playbook(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str, str]:
+    """ansible-playbook from the project folder (its ansible.cfg): exit code, stdout, stderr."""
     run = subprocess.run(
         ["ansible-playbook", *args],
         cwd=ROOT,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", **(env or {})},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    return run.returncode, run.stdout + run.stderr
+    return run.returncode, run.stdout, run.stderr
 
 
 def one_local_play(name: str, message: str) -> list[dict]:
@@ -139,9 +139,10 @@ def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_m
     (tmp_path / "play.yml").write_text(
         yaml.safe_dump(one_local_play("Local", "STRATEGY-{{ ansible_play_batch | length }}"))
     )
-    rc, out = run_playbook(
+    rc, stdout, stderr = run_playbook(
         "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"), env={"PYTHONPATH": str(hidden.parent)}
     )
+    out = stdout + stderr
     assert rc == 0, out
     assert "Mitogen is not installed" in out and "STRATEGY-1" in out, out
 
@@ -166,7 +167,8 @@ def test_inventory_validation_names_every_bad_host_and_stops_the_run(tmp_path: P
             ]
         )
     )
-    rc, out = run_playbook("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "run.yml"))
+    rc, stdout, stderr = run_playbook("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "run.yml"))
+    out = stdout + stderr
     assert rc == 2, out
     assert "stray: needs" in out and "(is in ['ungrouped'])" in out, out
     assert "odd: needs" in out and "(is maybe)" in out, out
@@ -186,21 +188,12 @@ def test_syntax_check(inventory: str) -> None:
 
 
 def test_site_on_the_local_inventory_in_check_mode_touches_no_system_role(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts"),
-    }
-    run = subprocess.run(
-        ["ansible-playbook", "--check", "-e", f"preflight_verdict_dir={tmp_path}", "site.yml"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    env = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts")}
+    rc, stdout, stderr = run_playbook(
+        "--check", "-e", f"preflight_verdict_dir={tmp_path}", "site.yml", env=env, timeout=600
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    out = json.loads(run.stdout)
+    assert rc == 0, stdout[-3000:] + stderr[-2000:]
+    out = json.loads(stdout)
     system = ("common :", "docker :", "ci_runner :", "nvidia_driver :", "cuda_toolkit :", "nvidia_container_toolkit :")
     ran = [
         task["task"]["name"]
