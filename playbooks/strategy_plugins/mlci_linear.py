@@ -2,7 +2,8 @@
 
 Mitogen keeps one Python interpreter per host alive for the whole run and sends modules over its own channel,
 so a task costs a message instead of an SSH exec, a fresh remote interpreter and a module upload. On the
-sandbox fleet that halves an idempotent `site.yml` and keeps it flat as hosts are added (bench/site.py).
+sandbox fleet an idempotent `site.yml` took 15 s instead of 38 s on 3 hosts, 34 s instead of 65 s on 8
+(`python3 bench/site.py`).
 
 Ansible looks strategies up by file in `strategy_plugins` (ansible.cfg), and Mitogen's own plugin folder sits
 inside whatever environment installed it; this file bridges the two. Without Mitogen the run falls back to
@@ -19,8 +20,9 @@ def _warm_templating() -> None:
     """Load every builtin Jinja filter and test, and Jinja's lexer, once in the controller's main process.
 
     ansible-core forks a worker per host and task and loads all of them on a worker's first template; done
-    here first, every worker inherits them through fork instead (about a fifth of a worker's CPU on the
-    sandbox). A failure only costs that time, so it is shown at -vvv and otherwise ignored.
+    here first, every worker inherits them through fork instead. On the 3-host sandbox the workers' CPU for
+    an idempotent site.yml went from about 10.6 s to 9.7 s. A failure only costs that time, so it is shown
+    at -vvv and otherwise ignored.
     """
     try:
         from ansible.plugins.loader import filter_loader, test_loader

@@ -275,21 +275,21 @@ class Sandbox:
 
     def _remove_host(self, container: Any) -> None:
         """The container and its engine volume: a host that goes away leaves nothing behind."""
+        container.remove(force=True, v=True)
+        self._remove_docker_volume(container.name)
+
+    def _remove_docker_volume(self, container_name: str) -> None:
         import docker.errors
 
-        container.remove(force=True, v=True)
         with contextlib.suppress(docker.errors.NotFound):
-            self.client.volumes.get(self._docker_volume(container.name)).remove(force=True)
+            self.client.volumes.get(self._docker_volume(container_name)).remove(force=True)
 
     def _start_host(self, image: str, network: Any, index: int, public_key: str) -> None:
-        import docker.errors
-
         name, host = self._container_name(index), self._host_name(index)
         self.progress(f"starting {host} ({name})")
         self._forget_facts([host])
         # A fresh host gets a fresh engine volume (a leftover would carry an old engine's state).
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.volumes.get(self._docker_volume(name)).remove(force=True)
+        self._remove_docker_volume(name)
         volume = self.client.volumes.create(self._docker_volume(name), labels=self._labels())
         container = self.client.containers.create(
             image,

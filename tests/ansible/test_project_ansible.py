@@ -132,6 +132,21 @@ def test_production_example_checks_host_keys_and_keeps_secrets_in_the_vault() ->
         assert "StrictHostKeyChecking=no" not in text
 
 
+def test_the_default_strategy_is_linear_through_mitogen() -> None:
+    import importlib.util
+
+    import ansible_mitogen.strategy
+    from ansible.plugins.strategy.linear import StrategyModule as Linear
+
+    cfg = (ROOT / "ansible.cfg").read_text()
+    assert re.search(r"^strategy = mlci_linear$", cfg, flags=re.M)
+    spec = importlib.util.spec_from_file_location("mlci_linear", ROOT / "playbooks/strategy_plugins/mlci_linear.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    assert issubclass(plugin.StrategyModule, ansible_mitogen.strategy.StrategyMixin)
+    assert issubclass(plugin.StrategyModule, Linear)
+
+
 def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_missing(tmp_path: Path) -> None:
     hidden = tmp_path / "no_mitogen" / "ansible_mitogen"
     hidden.mkdir(parents=True)
