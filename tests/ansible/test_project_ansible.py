@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,18 +134,22 @@ def test_production_example_checks_host_keys_and_keeps_secrets_in_the_vault() ->
 
 
 def test_the_default_strategy_is_linear_through_mitogen() -> None:
-    import importlib.util
-
-    import ansible_mitogen.strategy
-    from ansible.plugins.strategy.linear import StrategyModule as Linear
-
-    cfg = (ROOT / "ansible.cfg").read_text()
-    assert re.search(r"^strategy = mlci_linear$", cfg, flags=re.M)
-    spec = importlib.util.spec_from_file_location("mlci_linear", ROOT / "playbooks/strategy_plugins/mlci_linear.py")
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    assert issubclass(plugin.StrategyModule, ansible_mitogen.strategy.StrategyMixin)
-    assert issubclass(plugin.StrategyModule, Linear)
+    assert re.search(r"^strategy = mlci_linear$", (ROOT / "ansible.cfg").read_text(), flags=re.M)
+    # In a child process: importing ansible patches sys.intern, which torch's compiler then trips over.
+    check = (
+        "import importlib.util, sys\n"
+        "import ansible_mitogen.strategy\n"
+        "from ansible.plugins.strategy.linear import StrategyModule as Linear\n"
+        "spec = importlib.util.spec_from_file_location('mlci_linear', sys.argv[1])\n"
+        "plugin = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(plugin)\n"
+        "print(issubclass(plugin.StrategyModule, ansible_mitogen.strategy.StrategyMixin),"
+        " issubclass(plugin.StrategyModule, Linear))\n"
+    )
+    plugin = ROOT / "playbooks" / "strategy_plugins" / "mlci_linear.py"
+    run = subprocess.run([sys.executable, "-c", check, str(plugin)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "True"], run.stdout + run.stderr
 
 
 def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_missing(tmp_path: Path) -> None:
