@@ -203,7 +203,10 @@ def fit(
     for epoch in range(t.epochs):
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), dtype=torch.long, device=device.torch_device)
-        totals = torch.zeros(3, dtype=torch.float64, device=device.torch_device)  # loss sum, right, seen
+        # Loss sum and right answers stay on the device until the epoch ends: reading them (or making a tensor
+        # from a host number) every step would wait for the GPU each time.
+        totals = torch.zeros(2, dtype=torch.float64, device=device.torch_device)
+        seen = 0
         net.train()
         for start in range(0, len(order), per_rank):
             rows = order[start : start + per_rank]
@@ -215,9 +218,10 @@ def fit(
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                right = (logits.argmax(1) == yb).sum()
-                totals += torch.stack([loss.detach().double() * len(rows), right.double(), torch.tensor(
-                    float(len(rows)), dtype=torch.float64, device=device.torch_device)])  # fmt: skip
+                totals[0] += loss.detach().double() * len(rows)
+                totals[1] += (logits.argmax(1) == yb).sum()
+            seen += len(rows)
+        totals = torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64, device=device.torch_device)])
         if world_size > 1:
             import torch.distributed as dist
 
