@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from ansible_json import ansible_playbook, failures
+from test_gpu_roles_support import task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -106,6 +107,12 @@ def test_preflight_fails_once_listing_every_unmet_requirement(sandbox, converged
     assert not failures(ok)
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["ok"] is True and set(verdict["hosts"]) == {h.name for h in sandbox.hosts}
+    for host in sandbox.hosts:
+        measured = verdict["hosts"][host.name]["measured"]
+        assert measured["gpu_count"] == 0 and measured["driver_version"] is None, measured
+        (said,) = task_results(ok, host.name, "Say what the host has")
+        assert said["msg"].startswith(f"{host.name}: Debian 12"), said
+        assert "no NVIDIA GPU, CUDA toolkit none; every requirement met" in said["msg"], said
 
 
 def test_other_roles_merge_daemon_json_through_the_docker_role(sandbox, converged, tmp_path: Path) -> None:
