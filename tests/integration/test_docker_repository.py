@@ -9,12 +9,10 @@ changes nothing."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_gpu_roles import SERVE_MIRROR, _deb, _gnupg_home, _packages_index, _release
+from test_gpu_roles import SERVE_MIRROR, _deb, _gnupg_home, _packages_index, _release, signing_key
 from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -38,20 +36,10 @@ def build_docker_mirror(root: Path) -> Path:
     """Docker's repository layout (linux/debian: dists/bookworm/stable, its key at gpg), signed by a new key."""
     root.mkdir(parents=True)
     with _gnupg_home() as gnupghome:
-        env = {**os.environ, "GNUPGHOME": str(gnupghome)}
-        subprocess.run(
-            ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mlci docker mirror", "ed25519", "sign", "never"],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
         repo = root / "mirror" / "linux" / "debian"
         pool = repo / "pool" / "stable"
         pool.mkdir(parents=True)
-        key = subprocess.run(
-            ["gpg", "--armor", "--export", "mlci docker mirror"], check=True, capture_output=True, env=env
-        )
-        (repo / "gpg").write_bytes(key.stdout)
+        (repo / "gpg").write_bytes(signing_key(gnupghome, "mlci docker mirror"))
         debs = [
             _deb(pool, "containerd.io", VERSION, {}),
             _deb(

@@ -116,18 +116,22 @@ def build_mirror(root: Path) -> Path:
         return _build_mirror(root, gnupghome)
 
 
-def _build_mirror(root: Path, gnupghome: Path) -> Path:
+def signing_key(gnupghome: Path, name: str) -> bytes:
+    """A new signing key in `gnupghome` (the one _release signs with); its armored public part."""
     env = {**os.environ, "GNUPGHOME": str(gnupghome)}
     subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mlci test mirror", "ed25519", "sign", "never"],
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "never"],
         check=True,
         capture_output=True,
         env=env,
     )
+    return subprocess.run(["gpg", "--armor", "--export", name], check=True, capture_output=True, env=env).stdout
+
+
+def _build_mirror(root: Path, gnupghome: Path) -> Path:
     mirror = root / "mirror"
     mirror.mkdir()
-    key = subprocess.run(["gpg", "--armor", "--export", "mlci test mirror"], check=True, capture_output=True, env=env)
-    (mirror / "mirror-key.asc").write_bytes(key.stdout)
+    (mirror / "mirror-key.asc").write_bytes(signing_key(gnupghome, "mlci test mirror"))
 
     # Debian's layout: the driver in non-free, at Debian 12's version and at a newer branch.
     smi = '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
