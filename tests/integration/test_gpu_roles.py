@@ -3,9 +3,10 @@
 - Without a GPU every GPU role skips with its message, or the driver role fails when the host must have one.
 - Offline-mirror mode: a signed apt mirror is built here (stand-in packages in NVIDIA's and Debian's
   layouts, each at the pinned version and a newer one), served over HTTP on the host's loopback, and the
-  roles run against it with `assume_gpu`: the rendered sources name only the mirror, the pins and holds
-  keep the pinned versions although newer ones are offered, the CUDA environment reaches login shells and
-  the Docker engine knows the nvidia runtime through the docker role's daemon.json merge.
+  roles run against it as on a host with a GPU on the PCI bus (the list detection would find is handed in,
+  as no GPU exists here): the rendered sources name only the mirror, the pins and holds keep the pinned
+  versions although newer ones are offered, the CUDA environment reaches login shells and the Docker engine
+  knows the nvidia runtime through the docker role's daemon.json merge.
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ CLEANUP = """
 def _mirror_vars(mirror: str) -> dict[str, object]:
     key = f"{mirror}/mirror-key.asc"
     return {
-        "nvidia_driver_assume_gpu": True,
+        # What detect.yml finds on a host with one GPU (extra vars outrank its set_fact).
+        "_nvidia_driver_gpus": ["0000:65:00.0"],
         "nvidia_driver_mirror_url": mirror,
         "nvidia_driver_repo_key_url": key,
         "nvidia_driver_headers_package": "",
@@ -260,7 +262,6 @@ def _mirror_vars(mirror: str) -> dict[str, object]:
         "cuda_toolkit_version": CUDA,
         "cuda_toolkit_mirror_url": mirror,
         "cuda_toolkit_repo_key_url": key,
-        "nvidia_container_toolkit_assume_gpu": True,
         "nvidia_container_toolkit_mirror_url": mirror,
         "nvidia_container_toolkit_repo_key_url": key,
     }
