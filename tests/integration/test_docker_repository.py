@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_gpu_roles import SERVE_MIRROR, _deb, _gnupg_home, _packages_index, _release, signing_key
+from apt_mirror import SERVE_MIRROR, gnupg_home, packages_index, release, signing_key, stand_in_deb
 from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -35,20 +35,20 @@ WantedBy=multi-user.target
 def build_docker_mirror(root: Path) -> Path:
     """Docker's repository layout (linux/debian: dists/bookworm/stable, its key at gpg), signed by a new key."""
     root.mkdir(parents=True)
-    with _gnupg_home() as gnupghome:
+    with gnupg_home() as gnupghome:
         repo = root / "mirror" / "linux" / "debian"
         pool = repo / "pool" / "stable"
         pool.mkdir(parents=True)
         (repo / "gpg").write_bytes(signing_key(gnupghome, "mlci docker mirror"))
         debs = [
-            _deb(pool, "containerd.io", VERSION, {}),
-            _deb(
+            stand_in_deb(pool, "containerd.io", VERSION, {}),
+            stand_in_deb(
                 pool,
                 "docker-ce-cli",
                 VERSION,
                 {"usr/bin/docker": "#!/bin/sh\necho 'Docker version 27.5.1 (stand-in)'\n"},
             ),
-            _deb(
+            stand_in_deb(
                 pool,
                 "docker-ce",
                 VERSION,
@@ -62,9 +62,9 @@ def build_docker_mirror(root: Path) -> Path:
         dist = repo / "dists" / "bookworm"
         index = dist / "stable" / "binary-amd64" / "Packages"
         index.parent.mkdir(parents=True)
-        index.write_text(_packages_index(debs, repo))
+        index.write_text(packages_index(debs, repo))
         fields = "Origin: mlci tests\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: stable\n"
-        _release(dist, [index], gnupghome, fields)
+        release(dist, [index], gnupghome, fields)
     return root / "mirror"
 
 

@@ -11,19 +11,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import textwrap
-from collections.abc import Iterator
-from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from apt_mirror import SERVE_MIRROR, flat_repo, gnupg_home, packages_index, release, signing_key, stand_in_deb
 from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -46,87 +39,11 @@ HELD = ["nvidia-driver", "nvidia-smi", "cuda-toolkit-12-4", *TOOLKIT_PACKAGES]
 # --- a signed apt mirror with stand-in packages ------------------------------------------------------
 
 
-def _deb(out: Path, name: str, version: str, files: dict[str, str], depends: str = "") -> Path:
-    root = out / "build" / f"{name}_{version}"
-    (root / "DEBIAN").mkdir(parents=True)
-    control = f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: mlci tests <t@mlci.invalid>\n"
-    control += f"Depends: {depends}\n" if depends else ""
-    (root / "DEBIAN/control").write_text(control + f"Description: stand-in for {name} (mlci tests)\n")
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        path.chmod(0o755)
-    deb = out / f"{name}_{version}_all.deb"
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True, capture_output=True
-    )
-    return deb
-
-
-def _packages_index(debs: list[Path], base: Path) -> str:
-    stanzas = []
-    for deb in debs:
-        control = subprocess.run(["dpkg-deb", "--field", str(deb)], check=True, capture_output=True, text=True)
-        data = deb.read_bytes()
-        stanzas.append(
-            control.stdout.strip()
-            + f"\nFilename: {deb.relative_to(base)}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n"
-        )
-    return "\n".join(stanzas)
-
-
-def _release(directory: Path, files: list[Path], gnupghome: Path, fields: str) -> None:
-    lines = [
-        f"{hashlib.sha256(f.read_bytes()).hexdigest()} {f.stat().st_size} {f.relative_to(directory)}" for f in files
-    ]
-    release = directory / "Release"
-    release.write_text(f"{fields}Date: {formatdate(usegmt=True)}\nSHA256:\n" + "".join(f" {x}\n" for x in lines))
-    subprocess.run(
-        ["gpg", "--batch", "--yes", "--clearsign", "-o", str(directory / "InRelease"), str(release)],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "GNUPGHOME": str(gnupghome)},
-    )
-
-
-def _flat_repo(directory: Path, debs_of: list[tuple[str, str, dict[str, str]]], gnupghome: Path) -> None:
-    directory.mkdir(parents=True)
-    debs = [_deb(directory, name, version, files) for name, version, files in debs_of]
-    (directory / "Packages").write_text(_packages_index(debs, directory))
-    _release(directory, [directory / "Packages"], gnupghome, "Origin: mlci tests\n")
-
-
-@contextlib.contextmanager
-def _gnupg_home() -> Iterator[Path]:
-    """A throwaway keyring (short path: gpg-agent's socket lives in it); its agent is stopped after."""
-    home = Path(tempfile.mkdtemp(prefix="mlci-gpg-"))
-    try:
-        yield home
-    finally:
-        subprocess.run(
-            ["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": str(home)}, check=False, capture_output=True
-        )
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def build_mirror(root: Path) -> Path:
     """The mirror tree (upstream paths kept) and its public key at mirror-key.asc."""
     root.mkdir(parents=True)
-    with _gnupg_home() as gnupghome:
+    with gnupg_home() as gnupghome:
         return _build_mirror(root, gnupghome)
-
-
-def signing_key(gnupghome: Path, name: str) -> bytes:
-    """A new signing key in `gnupghome` (the one _release signs with); its armored public part."""
-    env = {**os.environ, "GNUPGHOME": str(gnupghome)}
-    subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "never"],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    return subprocess.run(["gpg", "--armor", "--export", name], check=True, capture_output=True, env=env).stdout
 
 
 def _build_mirror(root: Path, gnupghome: Path) -> Path:
@@ -141,28 +58,28 @@ def _build_mirror(root: Path, gnupghome: Path) -> Path:
     pool.mkdir(parents=True)
     debs = []
     for version in (DRIVER, "550.163.01-1"):
-        debs.append(_deb(pool, "nvidia-smi", version, {"usr/bin/nvidia-smi": smi}))
-        debs.append(_deb(pool, "nvidia-driver", version, {}, depends=f"nvidia-smi (= {version})"))
+        debs.append(stand_in_deb(pool, "nvidia-smi", version, {"usr/bin/nvidia-smi": smi}))
+        debs.append(stand_in_deb(pool, "nvidia-driver", version, {}, depends=f"nvidia-smi (= {version})"))
     dist = debian / "dists/bookworm"
     indexes = []
     for component in ("contrib", "non-free", "non-free-firmware"):
         index = dist / component / "binary-amd64/Packages"
         index.parent.mkdir(parents=True)
-        index.write_text(_packages_index(debs, debian) if component == "non-free" else "")
+        index.write_text(packages_index(debs, debian) if component == "non-free" else "")
         indexes.append(index)
     fields = "Origin: mlci tests\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\n"
-    _release(dist, indexes, gnupghome, fields + "Components: contrib non-free non-free-firmware\n")
+    release(dist, indexes, gnupghome, fields + "Components: contrib non-free non-free-firmware\n")
 
     # NVIDIA's CUDA repository layout: the toolkit at the pinned version and a newer patch release.
     nvcc = "#!/bin/sh\necho 'Cuda compilation tools, release 12.4'\n"
-    _flat_repo(
+    flat_repo(
         mirror / "compute/cuda/repos/debian12/x86_64",
         [("cuda-toolkit-12-4", v, {"usr/local/cuda-12.4/bin/nvcc": nvcc}) for v in (CUDA, "12.4.99-1")],
         gnupghome,
     )
     # NVIDIA's libnvidia-container layout; the runtime hands over to runc, as the real one does.
     runtime = {"usr/bin/nvidia-container-runtime": '#!/bin/sh\nexec runc "$@"\n'}
-    _flat_repo(
+    flat_repo(
         mirror / "libnvidia-container/stable/deb/amd64",
         [
             (p, v, runtime if p == "nvidia-container-toolkit" else {})
@@ -175,32 +92,6 @@ def _build_mirror(root: Path, gnupghome: Path) -> Path:
 
 
 # --- plays ------------------------------------------------------------------------------------------
-
-SERVE_MIRROR = """
-- name: Serve the test mirror on the runner's loopback
-  hosts: "{{ target }}"
-  gather_facts: false
-  tasks:
-    - name: Copy the mirror to the host
-      ansible.builtin.copy:
-        src: "{{ mirror_dir }}/"
-        dest: /srv/mlci-test-mirror/
-        mode: preserve
-    - name: Stop a mirror an interrupted run left behind
-      ansible.builtin.command: systemctl stop mlci-test-mirror
-      changed_when: false
-      failed_when: false
-    - name: Serve it over HTTP on 127.0.0.1 as a transient unit
-      ansible.builtin.command: >-
-        systemd-run --unit=mlci-test-mirror --collect python3 -m http.server {{ port }} --bind 127.0.0.1
-        --directory /srv/mlci-test-mirror
-      changed_when: true
-    - name: Wait for the mirror
-      ansible.builtin.wait_for:
-        host: 127.0.0.1
-        port: "{{ port }}"
-        timeout: 30
-"""
 
 GPU_STACK = """
 - name: GPU stack from the offline mirror
