@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("mlci.commands.report", "write reports/<run>/ (markdown, html, plots, gates.xml)"),
     "serve": ("mlci.commands.serve", "serve a model artifact over the Open Inference Protocol"),
     "loadtest": ("mlci.commands.loadtest", "Locust load test against a URL with an SLO gate"),
+    "smoke": ("mlci.commands.smoke", "send an artifact's known input to a server and check its known output"),
+    "deploy": ("mlci.commands.deploy", "gated rolling deploy of a run to an environment's serving hosts"),
+    "rollback": ("mlci.commands.rollback", "every serving host back to the previous champion"),
     "sandbox": ("mlci.commands.sandbox", "up|down|status: local SSH test hosts on the Docker engine"),
 }
 

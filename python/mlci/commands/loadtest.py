@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="folder for CSV, HTML, JSON summary, PNG (loadtest.output)")
     p.add_argument("--record", action="store_true", help="store this run's figures in the registry")
     p.add_argument("--run-id", help="registry run to --record into (default: the artifact's run)")
+    p.add_argument(
+        "--baseline-version",
+        help="a version the server still has loaded (the previous model): alternate requests between it and "
+        "--artifact's version and compare their p95 from the same window",
+    )
     return p
 
 
@@ -76,7 +81,10 @@ def run(argv: list[str]) -> int:
     if args.run_id is not None and not args.run_id.strip():
         raise UsageError("--run-id: must not be empty")
     url = args.url if args.url is not None else _default_url(config.serving.host, config.serving.port)
+    if args.baseline_version is not None and args.artifact is None:
+        raise UsageError("--baseline-version needs --artifact (the version to compare it with)")
     target = Target(url=url, artifact=args.artifact, model_name=args.model, run_id=args.run_id)
+    target = dataclasses.replace(target, baseline_version=args.baseline_version)
     summary = run_loadtest(config, target, output=args.output, record=args.record)
     _print(summary)
     if not summary["passed"]:

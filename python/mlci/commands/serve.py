@@ -14,6 +14,9 @@ from mlci.commands import config_of, parse, parser
 def run(argv: list[str]) -> int:
     p = parser("serve", "Serve a model artifact (default: the registry's champion) over KServe v2 REST.")
     p.add_argument("--artifact", type=Path, help="artifact directory (model.safetensors + manifest.json)")
+    p.add_argument(
+        "--server-version", default="", help="what was installed (shown in /manage/status; the deploy sets it)"
+    )
     args = parse(p, argv)
     config = config_of(args)
 
@@ -28,5 +31,5 @@ def run(argv: list[str]) -> int:
         # One JSON line that scripts and tests can wait for; the ports are the ones actually bound.
         print(f"mlci serve ready {json.dumps(info)}", flush=True)
 
-    serve(config, artifact, on_ready=ready)
+    serve(config, artifact, on_ready=ready, server_version=args.server_version)
     return 0

@@ -44,15 +44,18 @@ def _number(row: dict[str, str], column: str, file: Path) -> float | None:
         raise MlciError(f"{file}: column {column!r} = {value!r} is not a number") from None
 
 
-def read_figures(stats_csv: Path, json_file: Path | None = None, failures_csv: Path | None = None) -> Figures:
+def read_figures(
+    stats_csv: Path, json_file: Path | None = None, failures_csv: Path | None = None, *, name: str = "Aggregated"
+) -> Figures:
+    """The figures of one row of the stats: `Aggregated` (every request) or one request name."""
     try:
         with open(stats_csv, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except FileNotFoundError:
         raise MlciError(f"{stats_csv}: Locust wrote no stats") from None
-    total = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    total = next((r for r in rows if r.get("Name") == name), None)
     if total is None:
-        raise MlciError(f"{stats_csv}: no 'Aggregated' row")
+        raise MlciError(f"{stats_csv}: no {name!r} row")
     return Figures(
         requests=int(_number(total, "Request Count", stats_csv) or 0),
         failures=int(_number(total, "Failure Count", stats_csv) or 0),
@@ -62,19 +65,21 @@ def read_figures(stats_csv: Path, json_file: Path | None = None, failures_csv: P
         p99_ms=_number(total, "99%", stats_csv),
         mean_ms=_number(total, "Average Response Time", stats_csv),
         max_ms=_number(total, "Max Response Time", stats_csv),
-        histogram=read_histogram(json_file) if json_file else {},
+        histogram=read_histogram(json_file, None if name == "Aggregated" else name) if json_file else {},
         errors=read_errors(failures_csv) if failures_csv else [],
     )
 
 
-def read_histogram(json_file: Path) -> dict[int, int]:
-    """Locust's response-time buckets summed over every request name."""
+def read_histogram(json_file: Path, name: str | None = None) -> dict[int, int]:
+    """Locust's response-time buckets of one request name, or summed over every name (None)."""
     try:
         entries = json.loads(json_file.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     counts: Counter[int] = Counter()
     for entry in entries:
+        if name is not None and entry.get("name") != name:
+            continue
         for bucket, n in (entry.get("response_times") or {}).items():
             counts[int(float(bucket))] += int(n)
     return dict(sorted(counts.items()))

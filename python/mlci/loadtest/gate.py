@@ -17,8 +17,8 @@ from typing import Any
 from mlci.config import Config, LoadtestConfig
 from mlci.errors import UsageError
 from mlci.loadtest import champion, payload, slo
-from mlci.loadtest.figures import read_figures
-from mlci.loadtest.launcher import LocustRun, run_locust
+from mlci.loadtest.figures import Figures, read_figures
+from mlci.loadtest.launcher import LocustFiles, LocustRun, run_locust
 from mlci.loadtest.plot import latency_histogram
 from mlci.loadtest.summary import FORMAT, HISTOGRAM_FILE, SUMMARY_FILE, read_summary, write_summary
 
@@ -31,6 +31,10 @@ class Target:
     artifact: Path | None = None  # the artifact being served, for its smoke rows and run id
     model_name: str | None = None  # default: the artifact's, else serving.model_name
     run_id: str | None = None  # the registry run to --record into (default: the artifact's)
+    # A version the server still has loaded beside the target (the previous model after a hot swap): each
+    # user alternates between the two, and the target's p95 is compared with this one's from the same
+    # window instead of a figure stored earlier. The target is then addressed by its own version.
+    baseline_version: str | None = None
 
 
 def check_url(url: str) -> str:
@@ -96,8 +100,12 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
         raise UsageError("--record needs the run to record into: give --run-id or --artifact")
     registry_path = config.path(config.registry.path)
 
+    baseline = target.baseline_version
+    if baseline is not None and not model_input.versions:
+        raise UsageError("a baseline version needs the target's own version: give --artifact")
     plan = {
-        "path": payload.infer_path(model_input.model_name),
+        "path": payload.infer_path(model_input.model_name, model_input.versions[0] if baseline else None),
+        "baseline_path": payload.infer_path(model_input.model_name, baseline) if baseline else None,
         "bodies": payload.bodies(model_input, lt.rows_per_request),
         "user_rps": lt.user_rps,
         "token_env": config.serving.token_env,
@@ -109,8 +117,13 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
         LocustRun(url=url, plan=out / PLAN_FILE, output=out, users=lt.users, spawn_rate=lt.spawn_rate,
                   duration_s=lt.duration_s, workers=lt.workers)
     )  # fmt: skip
-    figures = read_figures(files.stats_csv, files.json, files.failures_csv)
-    best = champion.champion_p95(registry_path) if lt.max_p95_vs_champion > 0 else champion.ChampionP95(None, None, "")
+    if baseline is None:
+        figures = read_figures(files.stats_csv, files.json, files.failures_csv)
+        enabled = lt.max_p95_vs_champion > 0
+        best = champion.champion_p95(registry_path) if enabled else champion.ChampionP95(None, None, "")
+        baseline_figures = None
+    else:
+        figures, baseline_figures, best = _paired_figures(files, baseline)
     checks = slo.evaluate(figures, lt, best.p95_ms, best.note)
     passed = not slo.failed(checks)
     latency_histogram(figures, checks, out / HISTOGRAM_FILE, f"{model_input.model_name} at {url}")
@@ -129,6 +142,7 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
         "load": {
             "users": lt.users, "spawn_rate": lt.spawn_rate, "duration_s": lt.duration_s,
             "workers": lt.workers, "user_rps": lt.user_rps, "rows_per_request": lt.rows_per_request,
+            "baseline_version": baseline,
         },
         "payload": {"source": model_input.source, "distinct_bodies": len(plan["bodies"])},
         "figures": {
@@ -138,6 +152,13 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
         },
         "errors": figures.errors,
         "champion": {"run_id": best.run_id, "p95_ms": best.p95_ms, "note": best.note},
+        "baseline": None
+        if baseline_figures is None
+        else {
+            "version": baseline, "requests": baseline_figures.requests, "failures": baseline_figures.failures,
+            "rps": baseline_figures.rps, "p50_ms": baseline_figures.p50_ms, "p95_ms": baseline_figures.p95_ms,
+            "p99_ms": baseline_figures.p99_ms,
+        },
         "checks": [c.to_dict() for c in checks],
         "failed": [c.describe() for c in slo.failed(checks)],
         "files": {
@@ -148,3 +169,20 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
     }  # fmt: skip
     write_summary(out, summary)
     return read_summary(out)
+
+
+def _paired_figures(files: LocustFiles, baseline: str) -> tuple[Figures, Figures, champion.ChampionP95]:
+    """The target's and the baseline's figures from one interleaved run.
+
+    Latency and errors are the target's own; throughput is what the server answered in all (both versions
+    shared the users), so the rps floor still measures the host under the configured load.
+    """
+    target = read_figures(files.stats_csv, files.json, files.failures_csv, name="infer")
+    both = read_figures(files.stats_csv, name="Aggregated")
+    base = read_figures(files.stats_csv, files.json, name="baseline")
+    target = dataclasses.replace(target, rps=both.rps)
+    note = f"p95 of version {baseline} on the same server in the same window (interleaved requests)"
+    if base.p95_ms is None or base.failures:
+        note = f"version {baseline} answered {base.requests - base.failures} of {base.requests} requests"
+        return target, base, champion.ChampionP95(None, None, note)
+    return target, base, champion.ChampionP95(None, base.p95_ms, note)

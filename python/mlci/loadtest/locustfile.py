@@ -7,6 +7,8 @@ this file; it only reads the plan that mlci wrote. The plan is a JSON file named
     bodies        ready JSON request bodies (strings); each user cycles through them from its own offset
     user_rps      each user's request rate (0 = send the next request as soon as the answer arrives)
     token_env     name of an environment variable holding a bearer token ("" = none)
+    baseline_path optional: a second inference path (the previous model on the same server); each user then
+                  alternates between the two, so both are measured in the same window under the same load
 
 A request counts as failed unless the server answers 200 with a body that carries "outputs".
 """
@@ -32,6 +34,7 @@ if PLAN.get("token_env") and os.environ.get(PLAN["token_env"]):
     _HEADERS["Authorization"] = f"Bearer {os.environ[PLAN['token_env']]}"
 _BODIES = [body.encode() for body in PLAN["bodies"]]
 _OFFSETS = itertools.count()
+_TARGETS = [(PLAN["path"], "infer")] + ([(PLAN["baseline_path"], "baseline")] if PLAN.get("baseline_path") else [])
 
 
 class InferUser(FastHttpUser):
@@ -42,12 +45,13 @@ class InferUser(FastHttpUser):
     def on_start(self) -> None:
         start = next(_OFFSETS) % len(_BODIES)
         self._bodies = itertools.cycle(_BODIES[start:] + _BODIES[:start])
+        self._targets = itertools.cycle(_TARGETS)
 
     @task
     def infer(self) -> None:
-        with self.client.post(
-            PLAN["path"], data=next(self._bodies), headers=_HEADERS, name="infer", catch_response=True
-        ) as response:
+        path, name = next(self._targets)
+        body = next(self._bodies)
+        with self.client.post(path, data=body, headers=_HEADERS, name=name, catch_response=True) as response:
             if response.status_code == 0:  # no HTTP answer at all: the connection failed
                 response.failure(f"connection error: {response.error!r}")
             elif response.status_code != 200:

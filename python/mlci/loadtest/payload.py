@@ -38,7 +38,9 @@ class ModelInput:
     source: str = ""  # where the rows came from, for the summary
 
 
-def infer_path(model_name: str) -> str:
+def infer_path(model_name: str, version: str | None = None) -> str:
+    if version is not None:
+        return f"/v2/models/{model_name}/versions/{version}/infer"
     return f"/v2/models/{model_name}/infer"
 
 

@@ -1,6 +1,7 @@
 """The management listener (serving.management_host:management_port, loopback by default).
 
-    GET  /manage/status     {"model_name", "current": {...}, "previous": {...}|null, "loading", "last_error"}
+    GET  /manage/status     {"model_name", "current": {...}, "previous": {...}|null, "loading", "last_error",
+                            "server_version"}
     POST /manage/load       {"artifact": "/path/to/artifact/dir", "sha256": optional} -> status (200);
                             422 artifact refused (sha256 mismatch, smoke test failed, missing), 409 busy
     POST /manage/rollback   serve the previous model again -> status (200); 409 when there is none

@@ -44,6 +44,7 @@ class ModelManager:
         self.previous: LoadedModel | None = None
         self.loading: str | None = None  # artifact path being loaded
         self.last_error: str | None = None
+        self.server_version = ""  # what the deploy installed and started (its upgrade check reads it back)
 
     def get(self, version: str | None = None) -> LoadedModel | None:
         """The current model, or the loaded one with this version (current or previous)."""
@@ -109,6 +110,7 @@ class ModelManager:
             "previous": self.previous.describe() if self.previous else None,
             "loading": self.loading,
             "last_error": self.last_error,
+            "server_version": self.server_version,
         }
 
 

@@ -78,14 +78,14 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(config: Config, artifact: Path, *, on_ready: ReadyCallback | None = None) -> None:
+def serve(config: Config, artifact: Path, *, on_ready: ReadyCallback | None = None, server_version: str = "") -> None:
     """Serve `artifact` until SIGTERM/SIGINT. Raises ConfigError/ArtifactError before listening."""
     import uvloop
 
-    uvloop.run(_serve(config, Path(artifact), on_ready))
+    uvloop.run(_serve(config, Path(artifact), on_ready, server_version))
 
 
-async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None) -> None:
+async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None, server_version: str) -> None:
     import torch
 
     s = config.serving
@@ -101,6 +101,7 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None)
     metrics = Metrics(s.model_name)
     device = _device(s.device, src)
     manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit, device=device)
+    manager.server_version = server_version
     await manager.load(artifact)  # an ArtifactError here stops the server before it listens
     # Everything alive now (torch, the model, the app) lives as long as the process: keep it out of the
     # cyclic GC, whose full passes over torch's objects otherwise show up as multi-millisecond tail latency.
