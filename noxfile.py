@@ -115,6 +115,18 @@ def loadtest(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def deploy(session: nox.Session) -> None:
+    """Gated rolling deploy of the newest run that passed its gates to the serving hosts (-- --env NAME)."""
+    _mlci(session, "deploy")
+
+
+@nox.session(default=False)
+def rollback(session: nox.Session) -> None:
+    """Every serving host back on the previous champion, recorded in the ledger (-- --env NAME)."""
+    _mlci(session, "rollback")
+
+
+@nox.session(default=False)
 def sandbox(session: nox.Session) -> None:
     """up|down|status [--hosts N]: SSH test hosts on the local Docker engine, written to inventories/sandbox."""
     _mlci(session, "sandbox")

@@ -8,6 +8,7 @@ hosts a failed rollout had already updated, and writes every attempt to the ledg
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,7 +56,26 @@ class Outcome:
 
 def target(config: Config, env: str | None) -> Target:
     inventory = inventory_path(config, env)
-    return Target(env or inventory.name, inventory, hosts(inventory, "serving"))
+    found = hosts(inventory, "serving")
+    # A local-runtime server is this project's own `mlci serve`: its ports are mlci.toml's [serving] ones.
+    found = [
+        dataclasses.replace(h, management_port=config.serving.management_port) if _runtime(config, h) == "local" else h
+        for h in found
+    ]
+    return Target(env or inventory.name, inventory, found)
+
+
+def _runtime(config: Config, host: InventoryHost) -> str:
+    default = "local" if host.hostvars.get("mlci_manage_system", True) is False else "systemd"
+    return str(host.hostvars.get("model_server_runtime", default))
+
+
+def _local_ports(config: Config, where: Target) -> dict[str, Any]:
+    """Extra variables that give local-runtime hosts mlci.toml's serving ports (none for other runtimes)."""
+    if any(_runtime(config, h) != "local" for h in where.hosts):
+        return {}
+    s = config.serving
+    return {"model_server_port": s.port, "model_server_management_port": s.management_port}
 
 
 def server_version(config: Config, wheelhouse_digest: str) -> str:
@@ -123,6 +143,7 @@ def deploy(
         "mlci_deploy_wheelhouse_digest": wheelhouse_digest,
         "mlci_deploy_canary_loadtest": config.deploy.canary_loadtest,
         "mlci_deploy_restore": restore,
+        **_local_ports(config, where),
     }
     progress(f"deploying run {run.id} (sha256 {artifact.sha256[:12]}) to {len(where.hosts)} host(s) of {where.env}")
     code = run_playbook(config, where.inventory, "deploy.yml", variables, evidence_dir)
@@ -169,8 +190,9 @@ def rollback(
     evidence_dir = _evidence_dir(config, previous, where.env, kind="rollback")
     progress(f"rolling {where.env} back from run {current.id} to run {previous.id} (sha256 {artifact.sha256[:12]})")
     code = run_playbook(
-        config, where.inventory, "rollback.yml", _rollback_vars(previous, artifact.path, artifact.sha256, config,
-                                                                 overrides or [], evidence_dir, version),
+        config, where.inventory, "rollback.yml",
+        {**_rollback_vars(previous, artifact.path, artifact.sha256, config, overrides or [], evidence_dir, version),
+         **_local_ports(config, where)},
         evidence_dir,
     )  # fmt: skip
     evidence = collect(evidence_dir)
@@ -199,18 +221,13 @@ def _sha(status: HostStatus) -> str:
 
 def _wheelhouse(config: Config, where: Target, progress: Progress) -> tuple[Path | None, str]:
     """The server's wheelhouse when a host installs it (systemd runtime); the local runtime needs none."""
-    runtimes = {str(h.hostvars.get("model_server_runtime", _default_runtime(config, h))) for h in where.hosts}
+    runtimes = {_runtime(config, h) for h in where.hosts}
     if runtimes <= {"local"}:
         return None, ""
     from mlci.deploy.wheelhouse import build
 
     house = build(config.root, config.path(".mlci/wheelhouse"), progress=progress)
     return house.path, house.digest
-
-
-def _default_runtime(config: Config, host: InventoryHost) -> str:
-    manage = host.hostvars.get("mlci_manage_system", True)
-    return "local" if manage is False else "systemd"
 
 
 def _evidence_dir(config: Config, run: Run, env: str, kind: str = "deploy") -> Path:
@@ -285,6 +302,7 @@ def _return_hosts(
             folder.mkdir(exist_ok=True)
             progress(f"returning {', '.join(group)} to run {previous.id}")
             variables = _rollback_vars(previous, path, sha, config, overrides, folder, version)
+            variables.update(_local_ports(config, where))
             code = run_playbook(config, where.inventory, "rollback.yml", variables, folder, limit=group)
             for host in group:
                 returned[host] = previous.id if code == 0 else f"FAILED to return (exit {code})"
