@@ -1,0 +1,1 @@
+"""Rolling out to the inventory's serving hosts, and asking them what they serve."""
