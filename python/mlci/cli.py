@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("mlci.commands.report", "write reports/<run>/ (markdown, html, plots, gates.xml)"),
     "serve": ("mlci.commands.serve", "serve a model artifact over the Open Inference Protocol"),
     "loadtest": ("mlci.commands.loadtest", "Locust load test against a URL with an SLO gate"),
+    "status": ("mlci.commands.status", "which model each serving host serves (through SSH) vs the champion"),
     "sandbox": ("mlci.commands.sandbox", "up|down|status: local SSH test hosts on the Docker engine"),
 }
 
