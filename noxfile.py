@@ -127,6 +127,12 @@ def rollback(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def status(session: nox.Session) -> None:
+    """[--env NAME]: the model each serving host serves (asked through SSH), checked against the champion."""
+    _mlci(session, "status")
+
+
+@nox.session(default=False)
 def sandbox(session: nox.Session) -> None:
     """up|down|status [--hosts N]: SSH test hosts on the local Docker engine, written to inventories/sandbox."""
     _mlci(session, "sandbox")

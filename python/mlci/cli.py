@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("mlci.commands.smoke", "send an artifact's known input to a server and check its known output"),
     "deploy": ("mlci.commands.deploy", "gated rolling deploy of a run to an environment's serving hosts"),
     "rollback": ("mlci.commands.rollback", "every serving host back to the previous champion"),
+    "status": ("mlci.commands.status", "which model each serving host serves (through SSH) vs the champion"),
     "sandbox": ("mlci.commands.sandbox", "up|down|status: local SSH test hosts on the Docker engine"),
 }
 

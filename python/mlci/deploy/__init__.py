@@ -1,1 +1,2 @@
-"""The gated rolling deploy: which run, where, through which playbook, and what the ledger records."""
+"""The gated rolling deploy: which run, where, through which playbook, what the ledger records, and what
+each serving host serves."""
