@@ -18,7 +18,7 @@ from mlci.errors import SandboxError
 from mlci.sandbox import Sandbox, SandboxHost, connect
 
 ROOT = Path(__file__).resolve().parents[2]
-SANDBOX_HOSTS = 3
+SANDBOX_HOSTS = 5  # 1 runner, 3 serving hosts (the deploy tests), 1 load balancer
 
 
 @dataclass(frozen=True)

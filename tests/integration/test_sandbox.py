@@ -60,7 +60,7 @@ def test_generated_files_are_never_committed() -> None:
 @pytest.mark.sandbox
 def test_hosts_run_systemd_unprivileged_with_sshd_on_loopback(sandbox) -> None:
     client = connect()
-    assert len(sandbox.hosts) == 3
+    assert len(sandbox.hosts) == 5  # conftest.SANDBOX_HOSTS
     for host in sandbox.hosts:
         container = client.containers.get(host.container)
         config = container.attrs["HostConfig"]
