@@ -1,0 +1,1 @@
+"""Deploying the model server to serving hosts."""
