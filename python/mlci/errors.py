@@ -67,3 +67,7 @@ class GateFailed(MlciError):
     """A quality, SLO or deploy gate failed: exit 1."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class WheelhouseError(MlciError):
+    """The model server's offline wheelhouse cannot be built (a wheel will not download or build)."""
