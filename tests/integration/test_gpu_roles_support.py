@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,12 @@ def hosts_in_group(inventory: Path, group: str) -> list[str]:
     return list((data["all"]["children"].get(group) or {}).get("hosts") or {})
 
 
-def playbook(inventory: Path, plays: str, tmp_path: Path, extra: dict[str, Any], rc: int = 0) -> dict[str, Any]:
+def playbook(
+    inventory: Path, plays: str, tmp_path: Path, extra: dict[str, Any], rc: int = 0, layers: Sequence[Path] = ()
+) -> dict[str, Any]:
     """Run `plays` (YAML text) with ansible-playbook against `inventory`; return the JSON callback's output.
 
+    `layers` are further inventory sources read after `inventory` (e.g. one that adds a host to a group).
     Runs from the project folder, so ansible.cfg's roles_path finds the project's roles.
     """
     count = len(list(tmp_path.glob("play-*.yml")))
@@ -41,7 +45,8 @@ def playbook(inventory: Path, plays: str, tmp_path: Path, extra: dict[str, Any],
     play.write_text(plays)
     extra_file = tmp_path / f"extra-{count}.json"
     extra_file.write_text(json.dumps(extra))
-    return ansible_playbook(inventory, "-e", f"@{extra_file}", str(play), rc=rc, timeout=900)
+    more = [arg for layer in layers for arg in ("-i", str(layer))]
+    return ansible_playbook(inventory, *more, "-e", f"@{extra_file}", str(play), rc=rc, timeout=900)
 
 
 def task_results(out: dict[str, Any], host: str, name_start: str) -> list[dict[str, Any]]:
