@@ -40,7 +40,7 @@ def set_keys(config: Path, **sections: dict[str, Any]) -> None:
     """Replace or add `key = value` lines in mlci.toml sections (values as TOML literals via json)."""
     lines = config.read_text().splitlines()
     for section, values in sections.items():
-        start = lines.index(f"[{section}]")
+        start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == f"[{section}]")
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
         for key, value in values.items():
             literal = json.dumps(value)

@@ -273,7 +273,9 @@ def collect(evidence: Path) -> dict[str, Any]:
 def _failure_reason(evidence: dict[str, Any], code: int) -> str:
     reasons = []
     for host, failure in evidence["failed"].items():
-        detail = " ".join(str(failure.get("error", "")).split())[:400]
+        # A command's own report (the host agent's JSON error) is on its stdout.
+        said = f"{failure.get('error', '')} {failure.get('stdout', '')}"
+        detail = " ".join(said.split())[:600]
         reasons.append(f"{host}: {failure.get('task')}: {detail}")
     loadtest = evidence.get("loadtest") or {}
     if loadtest.get("failed"):
