@@ -31,9 +31,9 @@ class Target:
     artifact: Path | None = None  # the artifact being served, for its smoke rows and run id
     model_name: str | None = None  # default: the artifact's, else serving.model_name
     run_id: str | None = None  # the registry run to --record into (default: the artifact's)
-    # A version the server still has loaded beside the target (the previous model after a hot swap): each
-    # user alternates between the two, and the target's p95 is compared with this one's from the same
-    # window instead of a figure stored earlier. The target is then addressed by its own version.
+    # A version the server still has loaded beside the target (the previous model after a hot swap): the
+    # load alternates between the two in one-second windows, and the target's p95 is compared with this
+    # one's from the same minute instead of a figure stored earlier. The target is addressed by its version.
     baseline_version: str | None = None
 
 
@@ -181,7 +181,7 @@ def _paired_figures(files: LocustFiles, baseline: str) -> tuple[Figures, Figures
     both = read_figures(files.stats_csv, name="Aggregated")
     base = read_figures(files.stats_csv, files.json, name="baseline")
     target = dataclasses.replace(target, rps=both.rps)
-    note = f"p95 of version {baseline} on the same server in the same window (interleaved requests)"
+    note = f"p95 of version {baseline} on the same server, in alternating one-second windows of the same run"
     if base.p95_ms is None or base.failures:
         note = f"version {baseline} answered {base.requests - base.failures} of {base.requests} requests"
         return target, base, champion.ChampionP95(None, None, note)

@@ -7,8 +7,10 @@ this file; it only reads the plan that mlci wrote. The plan is a JSON file named
     bodies        ready JSON request bodies (strings); each user cycles through them from its own offset
     user_rps      each user's request rate (0 = send the next request as soon as the answer arrives)
     token_env     name of an environment variable holding a bearer token ("" = none)
-    baseline_path optional: a second inference path (the previous model on the same server); each user then
-                  alternates between the two, so both are measured in the same window under the same load
+    baseline_path optional: a second inference path (the previous model on the same server); every user then
+                  sends to the target and to the baseline in alternating windows of WINDOW_S seconds, in step
+                  (the windows follow the wall clock), so both are measured over the same minute under the same
+                  load, yet never share the server's queue: a slow model cannot hide behind a fast one
 
 A request counts as failed unless the server answers 200 with a body that carries "outputs".
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 
 if "MLCI_LOADTEST_PLAN" not in os.environ:  # imported by accident: fail before gevent patches the importer
     raise ImportError("mlci/loadtest/locustfile.py is run by Locust (`mlci loadtest`), never imported")
@@ -35,6 +38,7 @@ if PLAN.get("token_env") and os.environ.get(PLAN["token_env"]):
 _BODIES = [body.encode() for body in PLAN["bodies"]]
 _OFFSETS = itertools.count()
 _TARGETS = [(PLAN["path"], "infer")] + ([(PLAN["baseline_path"], "baseline")] if PLAN.get("baseline_path") else [])
+WINDOW_S = 1.0
 
 
 class InferUser(FastHttpUser):
@@ -45,11 +49,10 @@ class InferUser(FastHttpUser):
     def on_start(self) -> None:
         start = next(_OFFSETS) % len(_BODIES)
         self._bodies = itertools.cycle(_BODIES[start:] + _BODIES[:start])
-        self._targets = itertools.cycle(_TARGETS)
 
     @task
     def infer(self) -> None:
-        path, name = next(self._targets)
+        path, name = _TARGETS[int(time.time() / WINDOW_S) % len(_TARGETS)]
         body = next(self._bodies)
         with self.client.post(path, data=body, headers=_HEADERS, name=name, catch_response=True) as response:
             if response.status_code == 0:  # no HTTP answer at all: the connection failed
