@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mlci.commands import config_of, parse, parser
 from mlci.config import Config
-from mlci.deploy.inventory import hosts, inventory_path
+from mlci.deploy.rollout import target
 from mlci.deploy.status import HostStatus, fetch
 from mlci.errors import EXIT_OK, GateFailed, UsageError
 from mlci.registry import Registry
@@ -31,8 +31,9 @@ def run(argv: list[str]) -> int:
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout}: must be > 0")
     config = config_of(args)
-    inventory = inventory_path(config, args.env)
-    targets = hosts(inventory, args.group)
+    # Through rollout.target, as deploy does: a local-runtime server listens on mlci.toml's serving ports.
+    where = target(config, args.env, args.group)
+    inventory, targets = where.inventory, where.hosts
     token_env = config.serving.management_token_env
     token = os.environ.get(token_env) if token_env else None
     started = time.perf_counter()

@@ -54,9 +54,9 @@ class Outcome:
     seconds: float = 0.0
 
 
-def target(config: Config, env: str | None) -> Target:
+def target(config: Config, env: str | None, group: str = "serving") -> Target:
     inventory = inventory_path(config, env)
-    found = hosts(inventory, "serving")
+    found = hosts(inventory, group)
     # A local-runtime server is this project's own `mlci serve`: its ports are mlci.toml's [serving] ones.
     found = [
         dataclasses.replace(h, management_port=config.serving.management_port) if _runtime(config, h) == "local" else h
