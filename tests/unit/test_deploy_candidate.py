@@ -169,6 +169,24 @@ def test_previous_champion_skips_repeated_promotions_of_the_current_champion(reg
     assert candidate.previous_champion(registry).id == r1.id
 
 
+def test_a_second_rollback_goes_two_champions_back_instead_of_toggling(registry: Registry) -> None:
+    r1, r2, r3 = _run(registry), _run(registry), _run(registry)
+    registry.promote_first(r1.id, evidence={})
+    registry.promote(r2.id, evidence={}, hosts=["h"])
+    registry.promote(r3.id, evidence={}, hosts=["h"])
+    registry.promote(r2.id, evidence={"from_run": r3.id}, hosts=["h"], outcome=candidate.ROLLED_BACK)
+    assert candidate.previous_champion(registry).id == r1.id
+
+
+def test_the_next_deploy_does_not_ship_a_run_that_was_rolled_back(registry: Registry) -> None:
+    r1, r2 = _run(registry), _run(registry)
+    registry.promote_first(r1.id, evidence={})
+    registry.promote(r2.id, evidence={}, hosts=["h"])
+    registry.promote(r1.id, evidence={"from_run": r2.id}, hosts=["h"], outcome=candidate.ROLLED_BACK)
+    assert candidate.choose(registry, None).id == r1.id
+    assert candidate.choose(registry, r2.id).id == r2.id  # still deployable when asked for by name
+
+
 # --- the staging rule through the CLI ------------------------------------------------------------------------
 
 PRODUCTION_INVENTORY = """\

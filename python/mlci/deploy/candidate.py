@@ -28,8 +28,10 @@ def choose(registry: Registry, ref: str | None) -> Run:
     """`ref` (id, prefix, latest, champion), or the newest succeeded run whose latest evaluation passed."""
     if ref is not None:
         return registry.run(ref)
+    # A run someone rolled back is not shipped again by the next periodic or `train deploy` (only by --run).
+    rolled_back = {e.evidence.get("from_run") for e in registry.ledger() if e.outcome == ROLLED_BACK}
     for run in reversed(registry.runs()):
-        if run.status == "succeeded" and gates_passed(registry, run):
+        if run.status == "succeeded" and run.id not in rolled_back and gates_passed(registry, run):
             return run
     raise RegistryError(f"{registry.path}: no run has passed its gates yet; train one first (nox -s train)")
 
@@ -59,11 +61,15 @@ def passed_staging(registry: Registry, run_id: str) -> bool:
 
 
 def previous_champion(registry: Registry) -> Run | None:
-    """The champion before the current one, from the ledger's history of champions (None: there was none)."""
-    history = [e.run_id for e in registry.ledger() if e.outcome in CHAMPION_OUTCOMES]
-    current = registry.champion()
-    if current is None:
-        return None
-    while history and history[-1] == current.id:
-        history.pop()
-    return registry.run(history[-1]) if history else None
+    """The champion before the current one (None: there was none).
+
+    The ledger's champions form a stack: a promotion pushes, a rollback pops back to the run it restored, so
+    rolling back twice goes two champions back instead of returning to the model just rolled away from.
+    """
+    stack: list[str] = []
+    for entry in registry.ledger():
+        if entry.outcome == ROLLED_BACK and entry.run_id in stack:
+            del stack[stack.index(entry.run_id) + 1 :]
+        elif entry.outcome in CHAMPION_OUTCOMES and (not stack or stack[-1] != entry.run_id):
+            stack.append(entry.run_id)
+    return registry.run(stack[-2]) if len(stack) >= 2 else None
