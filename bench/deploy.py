@@ -312,7 +312,8 @@ def bench_local(tmp: Path) -> None:
         if "promoted: run" not in first.stdout:
             sys.exit(f"bench: the first local deploy promoted nothing:\n{first.stdout[-3000:]}")
         again = run(nox, project, env, what="nox -s train deploy (no-op)")
-        if "up to date" not in again.stdout:
+        # Both sessions must no-op: train's "up to date: run" alone would let a real deploy pass unnoticed.
+        if "up to date: run" not in again.stdout or " is serving on " not in again.stdout:
             sys.exit(f"bench: the second `nox -s train deploy` was not a no-op:\n{again.stdout[-3000:]}")
         torch = [timed([sys.executable, "-c", "import torch"], project, env) for _ in range(3)]
     finally:
