@@ -8,9 +8,13 @@ handed over raw (rendering them could need facts or playbook variables that only
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +69,25 @@ def environments(config: Config) -> list[str]:
 
 
 def hosts(inventory: Path, group: str = "serving") -> list[InventoryHost]:
-    """The hosts of `group` in `inventory`, with their connection settings resolved as Ansible would."""
+    """The hosts of `group` in `inventory`, with their connection settings resolved as Ansible would.
+
+    Read in a child process: importing Ansible patches the interpreter (sys.intern), which torch's compiler
+    then trips over, so a long-lived caller (a test session, a training process) must never import it.
+    """
+    run = subprocess.run(
+        [sys.executable, "-m", "mlci.deploy.inventory", str(inventory), group],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if run.returncode != 0:
+        lines = (run.stderr or run.stdout).strip().splitlines()
+        raise UsageError(lines[-1] if lines else f"reading inventory {inventory} failed (exit {run.returncode})")
+    return [
+        InventoryHost(**{**h, "key_file": Path(h["key_file"]) if h["key_file"] else None})
+        for h in json.loads(run.stdout)
+    ]
+
+
+def _read(inventory: Path, group: str) -> list[InventoryHost]:
     # Ansible is imported here, not at module level: `mlci status --help` and the CLI stay fast.
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
@@ -163,3 +185,20 @@ class _Renderer:
             return boolean(value, strict=True)
         except TypeError:
             raise UsageError(f"host {self.host}: {key} = {value!r}: must be true or false") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mlci.deploy.inventory INVENTORY GROUP`: the hosts as JSON (what hosts() reads)."""
+    inventory, group = (sys.argv[1:] if argv is None else argv)[:2]
+    try:
+        found = _read(Path(inventory), group)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    out = [{**dataclasses.asdict(h), "key_file": str(h.key_file) if h.key_file else None} for h in found]
+    print(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
