@@ -229,7 +229,46 @@ def test_a_host_stopped_mid_rollout_halts_it_and_a_rerun_converges(project: Proj
         assert reachable == dict.fromkeys(reachable, champion)  # one consistent version: the champion's
         assert project.last_ledger().outcome == "failed"
     finally:
-        if container.reload() or container.status == "paused":
+        container.reload()
+        if container.status == "paused":
+            container.unpause()
+    rerun = project.mlci("deploy", "--env", ENV)
+    assert f"promoted: run {candidate}" in rerun.stdout, tail(rerun)
+    assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), candidate)
+
+
+STOP_SERVERS = """
+- name: Leave the serving hosts with no model, as before a first deploy (the venvs stay)
+  hosts: serving
+  gather_facts: false
+  tasks:
+    - name: Stop the server and forget its model
+      ansible.builtin.shell: systemctl stop mlci-model-server; rm -f /opt/mlci-serve/artifacts/current
+      changed_when: true
+"""
+
+
+def test_a_failed_first_deploy_stops_the_hosts_it_had_reached(project: Project, sandbox, tmp_path) -> None:
+    playbook(project.root / "inventories" / ENV, STOP_SERVERS, tmp_path, {})
+    assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), None)
+    candidate = _train(project, seed=13)
+    last = sandbox.group("serving")[-1]
+    container = connect().containers.get(last.container)
+    deploys = project.root / ".mlci" / "deploys"
+    before = set(deploys.iterdir())
+    proc = project.background("deploy", "--env", ENV, log=tmp_path / "deploy.log")
+    try:
+        wait_for(lambda: any(p.glob("*.swap.json") for p in set(deploys.iterdir()) - before), 300, "the canary")
+        container.pause()
+        assert proc.wait(timeout=600) == 1, (tmp_path / "deploy.log").read_text()[-4000:]
+        # No model served before, so none serves now: the hosts the rollout reached are stopped again.
+        reachable = {h: r for h, r in project.served_runs(ENV).items() if h != last.name}
+        assert reachable == dict.fromkeys(reachable, None), (tmp_path / "deploy.log").read_text()[-3000:]
+        returned = project.last_ledger().evidence["returned"]
+        assert set(returned.values()) == {"stopped"} and last.name not in returned, returned
+    finally:
+        container.reload()
+        if container.status == "paused":
             container.unpause()
     rerun = project.mlci("deploy", "--env", ENV)
     assert f"promoted: run {candidate}" in rerun.stdout, tail(rerun)

@@ -292,22 +292,23 @@ def _return_hosts(
     with Registry(config.path(config.registry.path)) as registry:
         by_sha: dict[str, list[str]] = {}
         for host in updated:
-            if restore.get(host):
-                by_sha.setdefault(restore[host], []).append(host)
+            by_sha.setdefault(restore.get(host, ""), []).append(host)
         for sha, group in by_sha.items():
-            found = _run_with_sha(registry, sha)
+            # A host that served nothing before (a first deploy) is stopped: nothing unproven keeps serving.
+            found = _run_with_sha(registry, sha) if sha else (run, "")
             if found is None:
                 progress(f"cannot return {', '.join(group)}: no run in the registry has weights {sha[:12]}")
                 continue
             previous, path = found
-            folder = evidence_dir / f"return-{sha[:12]}"
+            folder = evidence_dir / f"return-{sha[:12] or 'stop'}"
             folder.mkdir(exist_ok=True)
-            progress(f"returning {', '.join(group)} to run {previous.id}")
+            progress(f"returning {', '.join(group)} to run {previous.id}" if sha else f"stopping {', '.join(group)}")
             variables = _rollback_vars(previous, path, sha, config, overrides, folder, version)
             variables.update(_local_ports(config, where))
             code = run_playbook(config, where.inventory, "rollback.yml", variables, folder, limit=group)
             for host in group:
-                returned[host] = previous.id if code == 0 else f"FAILED to return (exit {code})"
+                done = previous.id if sha else "stopped"
+                returned[host] = done if code == 0 else f"FAILED to return (exit {code})"
     return returned
 
 
@@ -325,7 +326,7 @@ def _rollback_vars(
     return {
         "mlci_deploy_run": run.id,
         "mlci_deploy_sha256": sha,
-        "mlci_deploy_artifact": str(Path(path).resolve()),
+        "mlci_deploy_artifact": str(Path(path).resolve()) if path else "",
         "mlci_deploy_config": str(config.path(config.source).resolve()),
         "mlci_deploy_overrides": overrides,
         "mlci_deploy_evidence": str(evidence),
