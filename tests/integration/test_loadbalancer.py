@@ -248,7 +248,7 @@ http.server.ThreadingHTTPServer(("", PORT), Backend).serve_forever()
 
 RETRY_BACKENDS = """
 - name: Start each test backend in the mode the test gives it (or leave it stopped)
-  hosts: serving
+  hosts: retry_backends
   gather_facts: false
   tasks:
     - name: Stop the backend a previous step or an interrupted run left behind
@@ -285,7 +285,7 @@ RETRY_BACKENDS = """
 
 STOP_RETRY_BACKENDS = """
 - name: Stop the retry test's backends
-  hosts: serving
+  hosts: retry_backends
   gather_facts: false
   tasks:
     - name: Stop the unit and remove its files
@@ -295,7 +295,7 @@ STOP_RETRY_BACKENDS = """
 
 BACKEND_LOGS = """
 - name: Read what reached each backend
-  hosts: serving
+  hosts: retry_backends
   gather_facts: false
   tasks:
     - name: Read the request log
@@ -344,25 +344,23 @@ SEND = """
 
 @pytest.fixture
 def two_backends(inventory: Path, tmp_path: Path):
-    """Two serving hosts for the retry tests: the sandbox's own, plus (if it has only one) a runner host
-    layered into group serving by an inventory file of this test only. Yields (load balancer, the two
-    backends, the layers to pass to every play); the backends are stopped and the load balancer is put back
-    on the sandbox's own inventory at the end."""
+    """Two backends for the retry tests, and only those two: an inventory file of this test only puts two
+    hosts in group retry_backends (two serving hosts, or the one serving host and a runner), and the role
+    runs with loadbalancer_backend_group = retry_backends. Yields (load balancer, the two backends, the
+    layers to pass to every play); the backends are stopped and the load balancer is put back on the
+    sandbox's own inventory at the end."""
     serving = hosts_in_group(inventory, "serving")
     lb = hosts_in_group(inventory, "loadbalancer")[0]
     spare = [h for h in hosts_in_group(inventory, "gpu_runners") if h not in serving and h != lb]
-    layers: list[Path] = []
-    if len(serving) < 2 and spare:
-        layer = tmp_path / "two-backends.yml"
-        layer.write_text(yaml.safe_dump({"all": {"children": {"serving": {"hosts": {spare[0]: None}}}}}))
-        layers.append(layer)
-        serving = [*serving, spare[0]]
-    if len(serving) < 2:
+    chosen = (serving + spare)[:2]
+    if len(chosen) < 2:
         pytest.skip("the sandbox has no second host to serve as a backend")
+    layer = tmp_path / "two-backends.yml"
+    layer.write_text(yaml.safe_dump({"all": {"children": {"retry_backends": {"hosts": dict.fromkeys(chosen)}}}}))
     try:
-        yield lb, serving[:2], layers
+        yield lb, chosen, [layer]
     finally:
-        playbook(inventory, STOP_RETRY_BACKENDS, tmp_path, {}, layers=layers)
+        playbook(inventory, STOP_RETRY_BACKENDS, tmp_path, {}, layers=[layer])
         playbook(inventory, LOADBALANCER, tmp_path, {})
 
 
@@ -398,7 +396,12 @@ def _converge(inventory: Path, tmp_path: Path, layers: list[Path], lb: str, **se
         inventory,
         LOADBALANCER,
         tmp_path,
-        {"loadbalancer_backend_port": RETRY_PORT, "loadbalancer_health_retries": 5, **settings},
+        {
+            "loadbalancer_backend_port": RETRY_PORT,
+            "loadbalancer_health_retries": 5,
+            "loadbalancer_backend_group": "retry_backends",
+            **settings,
+        },
         layers=layers,
     )
     out = playbook(inventory, ENTRIES, tmp_path, {"lb": lb}, layers=layers)
