@@ -217,7 +217,8 @@ def test_production_refuses_a_run_that_has_not_passed_staging_and_starts_nothing
     assert (entry.run_id, entry.outcome, entry.hosts) == (run_id, candidate.REFUSED, [])
     assert entry.evidence["env"] == "production" and "has not passed staging" in entry.evidence["reason"]
     assert not (root / ".mlci" / "serving" / "server.pid").exists()
-    assert not (root / ".mlci" / "deploys").exists()  # no playbook ran: no evidence folder was made
+    deploys = root / ".mlci" / "deploys"
+    assert not [p for p in deploys.glob("*") if p.is_dir()]  # no playbook ran: no evidence folder was made
 
     from mlci.config import load_config
 
@@ -232,3 +233,25 @@ def test_production_refuses_a_run_that_has_not_passed_staging_and_starts_nothing
             require_staging=config.deploy.require_staging,
         )  # fmt: skip
     assert why is None
+
+
+@pytest.mark.slow
+def test_a_second_deploy_of_the_same_environment_waits_for_none_and_says_who_holds_it(
+    tmp_path: Path, make_artifact
+) -> None:
+    root = copy_project(tmp_path / "project")
+    (root / "inventories" / "production").mkdir()
+    (root / "inventories" / "production" / "hosts.yml").write_text(PRODUCTION_INVENTORY)
+    project = Project(root)
+    project.register(make_artifact())  # a deployable run: without the lock, this deploy would go ahead
+
+    from mlci.config import load_config
+    from mlci.deploy.rollout import exclusive
+
+    with exclusive(load_config(root / "mlci.toml"), "production"):
+        busy = project.mlci("deploy", "--env", "production", rc=2)
+        rollback = project.mlci("rollback", "--env", "production", rc=2)
+    assert "a deploy or rollback of production is already running (pid " in busy.stderr, tail(busy)
+    assert "already running" in rollback.stderr, tail(rollback)
+    with project.registry() as registry:
+        assert [e.run_id for e in registry.ledger()] == []  # nothing was attempted, so nothing recorded

@@ -8,14 +8,16 @@ hosts a failed rollout had already updated, and writes every attempt to the ledg
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,14 @@ def deploy(
 ) -> Outcome:
     started = time.monotonic()
     where = target(config, env)
+    with exclusive(config, where.env):
+        return _deploy(config, where, run_ref, overrides, progress, started)
+
+
+def _deploy(
+    config: Config, where: Target, run_ref: str | None, overrides: list[str] | None, progress: Progress,
+    started: float,
+) -> Outcome:  # fmt: skip
     with Registry(config.path(config.registry.path)) as registry:
         run = candidate.choose(registry, run_ref)
         why = candidate.refusal(
@@ -177,6 +187,13 @@ def rollback(
     """Every serving host back on the previous champion, which becomes the champion again."""
     started = time.monotonic()
     where = target(config, env)
+    with exclusive(config, where.env):
+        return _rollback(config, where, overrides, progress, started)
+
+
+def _rollback(
+    config: Config, where: Target, overrides: list[str] | None, progress: Progress, started: float
+) -> Outcome:
     with Registry(config.path(config.registry.path)) as registry:
         previous = candidate.previous_champion(registry)
         current = registry.champion()
@@ -207,6 +224,30 @@ def rollback(
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def exclusive(config: Config, env: str) -> Iterator[None]:
+    """One deploy or rollback per environment at a time (a cron job and a person may start one together)."""
+    folder = config.path(".mlci/deploys")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{env}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(
+                f"a deploy or rollback of {env} is already running ({holder}); try again when it ends"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _serves(status: HostStatus, sha256: str, version: str) -> bool:
