@@ -166,8 +166,6 @@ class LoadtestConfig:
 class DeployConfig:
     # The inventory `mlci deploy` uses without --env (relative to mlci.toml); --env NAME = inventories/NAME.
     inventory: str = "inventories/local"
-    # How serving hosts run the server when the inventory does not say (model_server_runtime).
-    runtime: Literal["local", "systemd", "docker"] = "local"
     # The environment (inventory folder name) that is the staging step: a good deploy there is recorded as
     # "passed staging" and does not change the champion; a good deploy anywhere else promotes.
     staging_env: str = "staging"

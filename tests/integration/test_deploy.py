@@ -9,6 +9,7 @@ candidates, stop a host mid-rollout, and roll back. Every check of what a host s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -160,8 +161,7 @@ def _slow_candidate(project: Project, version: int):
 
 def _corrupted_on_delivery(project: Project, version: int):
     """A registered artifact whose weights change after registration (bit rot, a bad copy)."""
-    ref = build_artifact(project.root / ".mlci" / "artifacts", version=version, seed=version)
-    return ref
+    return build_artifact(project.root / ".mlci" / "artifacts", version=version, seed=version)
 
 
 BAD = {
@@ -212,26 +212,37 @@ def test_a_candidate_that_failed_its_gates_is_refused_before_any_host(project: P
     assert (entry.run_id, entry.outcome, entry.hosts) == (regressed.id, "refused", [])
 
 
-def test_a_host_stopped_mid_rollout_halts_it_and_a_rerun_converges(project: Project, sandbox, tmp_path) -> None:
-    champion = project.champion()
-    candidate = _train(project, seed=12)
+@contextlib.contextmanager
+def _last_host_paused_mid_rollout(project: Project, sandbox, log: Path) -> Iterator[str]:
+    """Start `mlci deploy`, pause the last serving host once the canary has its new model (the rollout is
+    under way), check the deploy fails, and yield the paused host's name; it is unpaused afterwards."""
     last = sandbox.group("serving")[-1]
     container = connect().containers.get(last.container)
     deploys = project.root / ".mlci" / "deploys"
     before = set(deploys.iterdir())
-    proc = project.background("deploy", "--env", ENV, log=tmp_path / "deploy.log")
+    proc = project.background("deploy", "--env", ENV, log=log)
     try:
-        # Stop the last host once the canary has its new model: the rollout is under way.
         wait_for(lambda: any(p.glob("*.swap.json") for p in set(deploys.iterdir()) - before), 300, "the canary")
         container.pause()
-        assert proc.wait(timeout=600) == 1, (tmp_path / "deploy.log").read_text()[-4000:]
-        reachable = {h: r for h, r in project.served_runs(ENV).items() if h != last.name}
-        assert reachable == dict.fromkeys(reachable, champion)  # one consistent version: the champion's
-        assert project.last_ledger().outcome == "failed"
+        assert proc.wait(timeout=600) == 1, log.read_text()[-4000:]
+        yield last.name
     finally:
         container.reload()
         if container.status == "paused":
             container.unpause()
+
+
+def _reachable_runs(project: Project, paused: str) -> dict[str, str | None]:
+    return {h: r for h, r in project.served_runs(ENV).items() if h != paused}
+
+
+def test_a_host_stopped_mid_rollout_halts_it_and_a_rerun_converges(project: Project, sandbox, tmp_path) -> None:
+    champion = project.champion()
+    candidate = _train(project, seed=12)
+    with _last_host_paused_mid_rollout(project, sandbox, tmp_path / "deploy.log") as paused:
+        reachable = _reachable_runs(project, paused)
+        assert reachable == dict.fromkeys(reachable, champion)  # one consistent version: the champion's
+        assert project.last_ledger().outcome == "failed"
     rerun = project.mlci("deploy", "--env", ENV)
     assert f"promoted: run {candidate}" in rerun.stdout, tail(rerun)
     assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), candidate)
@@ -252,24 +263,12 @@ def test_a_failed_first_deploy_stops_the_hosts_it_had_reached(project: Project, 
     playbook(project.root / "inventories" / ENV, STOP_SERVERS, tmp_path, {})
     assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), None)
     candidate = _train(project, seed=13)
-    last = sandbox.group("serving")[-1]
-    container = connect().containers.get(last.container)
-    deploys = project.root / ".mlci" / "deploys"
-    before = set(deploys.iterdir())
-    proc = project.background("deploy", "--env", ENV, log=tmp_path / "deploy.log")
-    try:
-        wait_for(lambda: any(p.glob("*.swap.json") for p in set(deploys.iterdir()) - before), 300, "the canary")
-        container.pause()
-        assert proc.wait(timeout=600) == 1, (tmp_path / "deploy.log").read_text()[-4000:]
+    with _last_host_paused_mid_rollout(project, sandbox, tmp_path / "deploy.log") as paused:
         # No model served before, so none serves now: the hosts the rollout reached are stopped again.
-        reachable = {h: r for h, r in project.served_runs(ENV).items() if h != last.name}
+        reachable = _reachable_runs(project, paused)
         assert reachable == dict.fromkeys(reachable, None), (tmp_path / "deploy.log").read_text()[-3000:]
         returned = project.last_ledger().evidence["returned"]
-        assert set(returned.values()) == {"stopped"} and last.name not in returned, returned
-    finally:
-        container.reload()
-        if container.status == "paused":
-            container.unpause()
+        assert set(returned.values()) == {"stopped"} and paused not in returned, returned
     rerun = project.mlci("deploy", "--env", ENV)
     assert f"promoted: run {candidate}" in rerun.stdout, tail(rerun)
     assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), candidate)

@@ -7,7 +7,6 @@ Imports neither torch nor numpy: it answers in well under a second.
 
 from __future__ import annotations
 
-import os
 import time
 
 from rich.console import Console
@@ -16,7 +15,7 @@ from rich.table import Table
 
 from mlci.commands import config_of, parse, parser
 from mlci.config import Config
-from mlci.deploy.rollout import target
+from mlci.deploy.rollout import management_token, target
 from mlci.deploy.status import HostStatus, fetch
 from mlci.errors import EXIT_OK, GateFailed, UsageError
 from mlci.registry import Registry
@@ -35,9 +34,8 @@ def run(argv: list[str]) -> int:
     where = target(config, args.env, args.group)
     inventory, targets = where.inventory, where.hosts
     token_env = config.serving.management_token_env
-    token = os.environ.get(token_env) if token_env else None
     started = time.perf_counter()
-    results = fetch(targets, timeout=args.timeout, token=token or None)
+    results = fetch(targets, timeout=args.timeout, token=management_token(config))
     took = time.perf_counter() - started
     champion_sha, champion_about = _champion(config)
 

@@ -33,7 +33,7 @@ class AgentError(Exception):
 def _call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The management API's JSON answer; None when nothing listens (no server running)."""
     headers = {"Content-Type": "application/json"}
-    token = os.environ.get(os.environ.get("MLCI_MANAGEMENT_TOKEN_ENV", "MLCI_MANAGEMENT_TOKEN"), "")
+    token = os.environ.get("MLCI_MANAGEMENT_TOKEN", "")  # serving.management_token_env's default name
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None

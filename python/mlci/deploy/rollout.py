@@ -51,7 +51,6 @@ class Outcome:
     env: str
     hosts: list[str]
     outcome: str  # a ledger outcome, or "up to date"
-    reason: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -61,20 +60,26 @@ def target(config: Config, env: str | None, group: str = "serving") -> Target:
     found = hosts(inventory, group)
     # A local-runtime server is this project's own `mlci serve`: its ports are mlci.toml's [serving] ones.
     found = [
-        dataclasses.replace(h, management_port=config.serving.management_port) if _runtime(config, h) == "local" else h
+        dataclasses.replace(h, management_port=config.serving.management_port) if _runtime(h) == "local" else h
         for h in found
     ]
     return Target(env or inventory.name, inventory, found)
 
 
-def _runtime(config: Config, host: InventoryHost) -> str:
+def management_token(config: Config) -> str | None:
+    """The management API's bearer token, from the variable serving.management_token_env names (None: unset)."""
+    name = config.serving.management_token_env
+    return (os.environ.get(name) or None) if name else None
+
+
+def _runtime(host: InventoryHost) -> str:
     default = "local" if host.hostvars.get("mlci_manage_system", True) is False else "systemd"
     return str(host.hostvars.get("model_server_runtime", default))
 
 
 def _local_ports(config: Config, where: Target) -> dict[str, Any]:
     """Extra variables that give local-runtime hosts mlci.toml's serving ports (none for other runtimes)."""
-    if any(_runtime(config, h) != "local" for h in where.hosts):
+    if any(_runtime(h) != "local" for h in where.hosts):
         return {}
     s = config.serving
     return {"model_server_port": s.port, "model_server_management_port": s.management_port}
@@ -88,7 +93,6 @@ def server_version(config: Config, wheelhouse_digest: str) -> str:
     h = hashlib.sha256()
     h.update(wheelhouse_digest.encode() or _local_code_digest().encode())
     h.update(json.dumps(config.to_dict()["serving"], sort_keys=True).encode())
-    h.update(config.path(config.source).read_bytes() if config.path(config.source).is_file() else b"")
     return h.hexdigest()[:16]
 
 
@@ -133,7 +137,7 @@ def _deploy(
     wheelhouse_path, wheelhouse_digest = _wheelhouse(config, where, progress)
     version = server_version(config, wheelhouse_digest)
 
-    before = fetch(where.hosts)
+    before = fetch(where.hosts, token=management_token(config))
     if all(_serves(s, artifact.sha256, version) for s in before):
         n = len(before)
         progress(f"up to date: run {run.id} is serving on {n} host{'s' if n != 1 else ''} of {where.env}")
@@ -262,7 +266,7 @@ def _sha(status: HostStatus) -> str:
 
 def _wheelhouse(config: Config, where: Target, progress: Progress) -> tuple[Path | None, str]:
     """The server's wheelhouse when a host installs it (systemd runtime); the local runtime needs none."""
-    runtimes = {_runtime(config, h) for h in where.hosts}
+    runtimes = {_runtime(h) for h in where.hosts}
     if runtimes <= {"local"}:
         return None, ""
     from mlci.deploy.wheelhouse import build
