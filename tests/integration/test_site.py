@@ -115,7 +115,7 @@ def test_preflight_fails_once_listing_every_unmet_requirement(sandbox, converged
         assert "no NVIDIA GPU, CUDA toolkit none; every requirement met" in said["msg"], said
 
 
-def test_other_roles_merge_daemon_json_and_the_engine_restarts_past_its_start_limit(sandbox, converged, tmp_path: Path) -> None:
+def test_roles_merge_daemon_json_and_the_engine_restarts_past_start_limit(sandbox, converged, tmp_path: Path) -> None:
     host = sandbox.group("serving")[0].name
     play = tmp_path / "merge.yml"
     play.write_text(
