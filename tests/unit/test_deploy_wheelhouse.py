@@ -105,13 +105,17 @@ def _offline_pip_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_fresh_venv_installs_the_wheelhouse_offline_and_serves(house: Wheelhouse, make_artifact, tmp_path: Path):
+def test_a_fresh_venv_without_pip_installs_the_wheelhouse_offline_and_serves(
+    house: Wheelhouse, make_artifact, tmp_path: Path
+):
     assert house.files == sorted(p.name for p in house.path.glob("*.whl"))
     assert (house.path / "requirements.txt").read_text().rstrip().splitlines()[-1].startswith("mlci==")
+    # As the docker runtime's image does: a venv without pip, and pip run from its own wheel in the wheelhouse.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--no-index", "--find-links", str(house.path)]
+    (pip_wheel,) = house.path.glob("pip-*.whl")
+    install = [str(python), str(pip_wheel / "pip"), "install", "--no-index", "--find-links", str(house.path)]
     install += ["-r", str(house.path / "requirements.txt")]
     done = subprocess.run(install, env=_offline_pip_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

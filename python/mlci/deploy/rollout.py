@@ -134,8 +134,8 @@ def _deploy(
             raise GateFailed(f"deploy to {where.env} refused: {why}")
     artifact = run.artifact("model")
     assert artifact is not None  # refusal() checked it
-    wheelhouse_path, wheelhouse_digest = _wheelhouse(config, where, progress)
-    version = server_version(config, wheelhouse_digest)
+    server = _server_vars(config, where, progress)
+    version = server["mlci_deploy_server_version"]
 
     before = fetch(where.hosts, token=management_token(config))
     if all(_serves(s, artifact.sha256, version) for s in before):
@@ -152,9 +152,7 @@ def _deploy(
         "mlci_deploy_config": str(config.path(config.source).resolve()),
         "mlci_deploy_overrides": list(overrides or []),
         "mlci_deploy_evidence": str(evidence_dir),
-        "mlci_deploy_server_version": version,
-        "mlci_deploy_wheelhouse": str(wheelhouse_path or ""),
-        "mlci_deploy_wheelhouse_digest": wheelhouse_digest,
+        **server,
         "mlci_deploy_canary_loadtest": config.deploy.canary_loadtest,
         "mlci_deploy_restore": restore,
         **_local_ports(config, where),
@@ -178,7 +176,7 @@ def _deploy(
 
     reason = _failure_reason(evidence, code)
     updated = [h for h, swap in evidence["swaps"].items() if swap.get("changed") and h not in evidence["failed"]]
-    returned = _return_hosts(config, where, run, restore, updated, overrides or [], evidence_dir, version, progress)
+    returned = _return_hosts(config, where, run, restore, updated, overrides or [], evidence_dir, server, progress)
     evidence.update(reason=reason, returned=returned)
     with Registry(config.path(config.registry.path)) as registry:
         registry.record(run.id, evidence=evidence, hosts=where.names, outcome=candidate.FAILED)
@@ -206,13 +204,12 @@ def _rollback(
     artifact = previous.artifact("model")
     if artifact is None or not Path(artifact.path).is_dir():
         raise UsageError(f"run {previous.id}'s artifact is gone from {artifact.path if artifact else 'the registry'}")
-    _path, wheelhouse_digest = _wheelhouse(config, where, progress)
-    version = server_version(config, wheelhouse_digest)
+    server = _server_vars(config, where, progress)
     evidence_dir = _evidence_dir(config, previous, where.env, kind="rollback")
     progress(f"rolling {where.env} back from run {current.id} to run {previous.id} (sha256 {artifact.sha256[:12]})")
     code = run_playbook(
         config, where.inventory, "rollback.yml",
-        {**_rollback_vars(previous, artifact.path, artifact.sha256, config, overrides or [], evidence_dir, version),
+        {**_rollback_vars(previous, artifact.path, artifact.sha256, config, overrides or [], evidence_dir, server),
          **_local_ports(config, where)},
         evidence_dir,
     )  # fmt: skip
@@ -264,8 +261,18 @@ def _sha(status: HostStatus) -> str:
     return str(current.get("sha256") or "")
 
 
+def _server_vars(config: Config, where: Target, progress: Progress) -> dict[str, str]:
+    """What every play needs to know about the server itself: its version and the wheelhouse it comes from."""
+    path, digest = _wheelhouse(config, where, progress)
+    return {
+        "mlci_deploy_server_version": server_version(config, digest),
+        "mlci_deploy_wheelhouse": str(path or ""),
+        "mlci_deploy_wheelhouse_digest": digest,
+    }
+
+
 def _wheelhouse(config: Config, where: Target, progress: Progress) -> tuple[Path | None, str]:
-    """The server's wheelhouse when a host installs it (systemd runtime); the local runtime needs none."""
+    """The server's wheelhouse when a host installs it (systemd, docker); the local runtime needs none."""
     runtimes = {_runtime(h) for h in where.hosts}
     if runtimes <= {"local"}:
         return None, ""
@@ -330,7 +337,7 @@ def _failure_reason(evidence: dict[str, Any], code: int) -> str:
 
 def _return_hosts(
     config: Config, where: Target, run: Run, restore: dict[str, str], updated: list[str], overrides: list[str],
-    evidence_dir: Path, version: str, progress: Progress,
+    evidence_dir: Path, server: dict[str, str], progress: Progress,
 ) -> dict[str, str]:  # fmt: skip
     """Put the hosts the rollout had already updated back on what each served before (rollback.yml)."""
     returned: dict[str, str] = {}
@@ -348,7 +355,7 @@ def _return_hosts(
             folder = evidence_dir / f"return-{sha[:12] or 'stop'}"
             folder.mkdir(exist_ok=True)
             progress(f"returning {', '.join(group)} to run {previous.id}" if sha else f"stopping {', '.join(group)}")
-            variables = _rollback_vars(previous, path, sha, config, overrides, folder, version)
+            variables = _rollback_vars(previous, path, sha, config, overrides, folder, server)
             variables.update(_local_ports(config, where))
             code = run_playbook(config, where.inventory, "rollback.yml", variables, folder, limit=group)
             for host in group:
@@ -366,7 +373,7 @@ def _run_with_sha(registry: Registry, sha: str) -> tuple[Run, str] | None:
 
 
 def _rollback_vars(
-    run: Run, path: str, sha: str, config: Config, overrides: list[str], evidence: Path, version: str
+    run: Run, path: str, sha: str, config: Config, overrides: list[str], evidence: Path, server: dict[str, str]
 ) -> dict[str, Any]:
     return {
         "mlci_deploy_run": run.id,
@@ -375,7 +382,7 @@ def _rollback_vars(
         "mlci_deploy_config": str(config.path(config.source).resolve()),
         "mlci_deploy_overrides": overrides,
         "mlci_deploy_evidence": str(evidence),
-        "mlci_deploy_server_version": version,
+        **server,
     }
 
 

@@ -50,6 +50,8 @@ SERVING_REQUIREMENTS: tuple[str, ...] = (
     "orjson",  # request and response bodies (mlci.serve.protocol, .app, .management)
     "prometheus-client",  # /metrics (mlci.serve.metrics)
 )
+# Not imported by the server: pip installs the others in an image whose Python has no pip (docker runtime).
+INSTALLER_REQUIREMENTS: tuple[str, ...] = ("pip",)
 
 # The checkout's files that make up the mlci wheel; everything else (tests, roles, data) stays out.
 _PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "setup.py", "MANIFEST.in")
@@ -81,7 +83,7 @@ def build(project_root: Path, cache_dir: Path, *, progress: Callable[[str], None
     """The wheelhouse for the mlci checkout at `project_root`; reused from `cache_dir` when nothing changed."""
     say = progress or (lambda _msg: None)
     project_root, cache_dir = Path(project_root).resolve(), Path(cache_dir).resolve()
-    pins = serving_pins()
+    pins = serving_pins([*SERVING_REQUIREMENTS, *INSTALLER_REQUIREMENTS])
     sources = _source_files(project_root)
     # The pins are part of the mlci wheel (its Requires-Dist), so they key it as its sources do; the interpreter's
     # best wheel tag picks the dependency wheels, so a cache shared by two Pythons keeps their wheelhouses apart.
@@ -282,7 +284,13 @@ def _assemble(house: Path, wheels: list[Path], say: Callable[[str], None]) -> Wh
         digest = _hash_lines(f"{name} {hashes[name]}" for name in files)
         (tmp / "requirements.txt").write_text(_requirements(wheels, hashes, digest))
         sizes = {name: (tmp / name).stat().st_size for name in files}
-        manifest = {"digest": digest, "sizes": sizes, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = {
+            "digest": digest,
+            # The wheels' interpreter: a docker image's python3 must be the same version.
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "sizes": sizes,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             tmp.rename(house)
