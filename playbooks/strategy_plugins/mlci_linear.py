@@ -7,7 +7,9 @@ sandbox fleet an idempotent `site.yml` took 15 s instead of 38 s on 3 hosts, 34 
 
 Ansible looks strategies up by file in `strategy_plugins` (ansible.cfg), and Mitogen's own plugin folder sits
 inside whatever environment installed it; this file bridges the two. Without Mitogen the run falls back to
-the stock `linear` strategy with one warning, so a plain `pip install ansible` still works, only slower.
+the stock `linear` strategy with one warning, so a plain `pip install ansible` still works, only slower; so does
+an ansible-core that the installed Mitogen refuses (it raises AnsibleError on import for releases it does not
+support).
 `ANSIBLE_STRATEGY=linear` opts out for a single run.
 """
 
@@ -40,13 +42,17 @@ _warm_templating()
 try:
     import ansible_mitogen.loaders
     import ansible_mitogen.strategy
-except ImportError as missing:
+except Exception as unusable:  # ImportError: missing; AnsibleError: Mitogen refuses this ansible-core
     from ansible.plugins.strategy.linear import StrategyModule as _Linear
+    from ansible.release import __version__ as _ansible_core
 
-    Display().warning(
-        f"Mitogen is not installed ({missing}); running the plain linear strategy. "
-        "`pip install mitogen` (part of mlci's dependencies) makes runs about twice as fast."
-    )
+    if isinstance(unusable, ImportError):
+        why = f"Mitogen is not installed ({unusable})"
+        fix = "`pip install mitogen` (part of mlci's dependencies) makes runs about twice as fast."
+    else:
+        why = f"Mitogen cannot run with ansible-core {_ansible_core} ({type(unusable).__name__}: {unusable})"
+        fix = "Install the pair pyproject.toml pins (`pip install -e .`) for runs about twice as fast."
+    Display().warning(f"{why}; running the plain linear strategy. {fix}")
 
     class StrategyModule(_Linear):
         pass
