@@ -57,6 +57,7 @@ class Device:
     torch_device: Any  # torch.device
     autocast_dtype: Any  # torch.bfloat16 on cuda, None on cpu (plain fp32)
     name: str  # GPU name, or the CPU description
+    why: str  # why this device: the setting and what the host has, said to the user and kept with the run
 
     @property
     def precision(self) -> str:
@@ -64,18 +65,49 @@ class Device:
 
 
 def choose(preference: str = "auto", *, local_rank: int = 0, precision: str = "auto") -> Device:
-    """Resolve the training device. `precision` 'fp32' turns bf16 autocast off on cuda (for comparisons)."""
+    """Resolve the training device. `precision` 'fp32' turns bf16 autocast off on cuda (for comparisons).
+
+    `auto` uses the CPU only on a host without an NVIDIA GPU (or with every GPU hidden) and says so; on a host
+    with one whose CUDA does not work it raises ConfigError saying what failed: never a silent CPU fallback.
+    """
     import torch
 
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            from mlci.errors import ConfigError
+    from mlci.errors import ConfigError
 
-            raise ConfigError("<config>", "train.device", "cuda", "no CUDA device is available here")
-        torch.cuda.set_device(local_rank)
-        dtype = None if precision == "fp32" else torch.bfloat16
-        return Device("cuda", torch.device("cuda", local_rank), dtype, torch.cuda.get_device_name(local_rank))
-    return Device("cpu", torch.device("cpu"), None, _cpu_name())
+    def cpu(why: str) -> Device:
+        return Device("cpu", torch.device("cpu"), None, _cpu_name(), why)
+
+    if preference == "cpu":
+        return cpu("train.device = cpu")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", None)
+    if preference == "auto" and visible in ("", "-1"):
+        return cpu(f"train.device = auto, and CUDA_VISIBLE_DEVICES={visible!r} hides every GPU")
+    gpu_node = next((p for p in _NVIDIA_NODES if Path(p).exists()), None)
+    if not torch.cuda.is_available():
+        if preference == "auto" and gpu_node is None:
+            return cpu(f"train.device = auto, and this host has no NVIDIA GPU (no {_NVIDIA_NODES[0]})")
+        host = f"this host has an NVIDIA GPU ({gpu_node})" if gpu_node else "no NVIDIA GPU is visible here"
+        raise ConfigError(
+            "<config>", "train.device", preference,
+            f"{host} but CUDA does not work: {_cuda_failure(torch)}; fix the driver or torch, or set "
+            'train.device = "cpu" to train on the CPU',
+        )  # fmt: skip
+    torch.cuda.set_device(local_rank)
+    dtype = None if precision == "fp32" else torch.bfloat16
+    name = torch.cuda.get_device_name(local_rank)
+    why = f"train.device = {preference}, CUDA {torch.version.cuda} works on {name}"
+    return Device("cuda", torch.device("cuda", local_rank), dtype, name, why)
+
+
+def _cuda_failure(torch: Any) -> str:
+    """What stops CUDA in this torch, in the words of torch itself where it has some."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch raises RuntimeError/AssertionError with the driver's own message
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}): {exc}"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable device"
 
 
 def seed_everything(seed: int) -> None:

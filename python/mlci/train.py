@@ -103,6 +103,7 @@ def environment(device: devices.Device, nproc: int) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "device": device.kind,
         "device_name": device.name,
+        "device_why": device.why,
         "gpu_name": device.name if device.kind == "cuda" else None,
         "precision": device.precision,
         "nproc": nproc,

@@ -109,6 +109,7 @@ def test_first_run_records_everything(project: Path) -> None:
         assert run.params["train"]["epochs"] == 3 and run.data_hash
         env = run.environment
         assert env["device"] == "cpu" and env["precision"] == "fp32" and env["torch"] and env["python"]
+        assert env["device_why"] == "train.device = cpu"  # the project's config chose it, and the run says so
         assert [s for s, _ in registry.history(run.id, "train_loss")] == [1, 2, 3]
         assert [s for s, _ in registry.history(run.id, "train_accuracy")] == [1, 2, 3]
         assert {"train_loss", "train_accuracy", "eval_accuracy"} <= set(run.metrics)

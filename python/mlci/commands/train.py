@@ -102,6 +102,7 @@ def _train(config: Config, dataset: Dataset, registry: Registry, key: RunKey) ->
         f" ({trained.environment.get('precision')}, {t.nproc} process{'es' if t.nproc > 1 else ''}):"
         f" train loss {loss:.4f}, train accuracy {accuracy:.4f}"
     )
+    print(f"device: {trained.environment.get('device')} ({trained.environment.get('device_why')})")
     if artifact is not None:
         print(f"model artifact: {_shown(artifact.path)} (sha256 {artifact.sha256[:12]}, {artifact.bytes} bytes)")
     return trained
