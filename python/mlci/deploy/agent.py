@@ -8,6 +8,8 @@ Standard library only; it prints one JSON object (Ansible reads it) and exits 0,
                                server answers (the caller starts one on artifacts/current, which now is S)
     restore --root R --sha S   serve S again: nothing if it already serves S, /manage/rollback if S is the
                                previous model still loaded, else /manage/load of artifacts/S
+    prune   --root R --keep N  remove delivered artifacts but the N newest, never one the server has loaded
+                               (current or previous) nor the one artifacts/current points at
     status                     the server's /manage/status, or {"running": false}
 """
 
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -106,17 +109,39 @@ def restore(root: Path, sha: str, port: int) -> dict[str, Any]:
     return {"running": True, "changed": changed, "status": status}
 
 
+def prune(root: Path, keep: int, port: int) -> dict[str, Any]:
+    # Newest first by the folder's mtime: when it was first delivered (a second delivery copies nothing).
+    folders = sorted(
+        (f for f in (root / "artifacts").iterdir() if f.is_dir() and not f.is_symlink() and not f.name.startswith(".")),
+        key=lambda f: f.stat().st_mtime,
+        reverse=True,
+    )
+    status = _call(port, "GET", "/manage/status")
+    loaded = {current_link(root)}
+    if status is not None:
+        loaded |= {_sha(status.get("current")), _sha(status.get("previous"))}
+    removed = [f.name for i, f in enumerate(folders) if i >= keep and f.name not in loaded]
+    for name in removed:
+        shutil.rmtree(root / "artifacts" / name)
+    return {"changed": bool(removed), "removed": removed, "kept": [f.name for f in folders if f.name not in removed]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mlci.deploy.agent")
-    p.add_argument("action", choices=["swap", "restore", "status"])
+    p.add_argument("action", choices=["swap", "restore", "prune", "status"])
     p.add_argument("--root", type=Path, help="the model server's folder (artifacts/ under it)")
     p.add_argument("--sha", help="the artifact's weights sha256")
     p.add_argument("--management-port", type=int, default=8001)
+    p.add_argument("--keep", type=int, default=5, help="prune: how many of the newest artifacts to keep")
     args = p.parse_args(argv)
     try:
         if args.action == "status":
             status = _call(args.management_port, "GET", "/manage/status")
             out: dict[str, Any] = {"running": status is not None, "status": status}
+        elif args.action == "prune":
+            if args.root is None or args.keep < 1:
+                raise AgentError("prune needs --root and --keep of at least 1")
+            out = prune(args.root, args.keep, args.management_port)
         elif args.root is None or not args.sha:
             raise AgentError(f"{args.action} needs --root and --sha")
         elif args.action == "swap":
