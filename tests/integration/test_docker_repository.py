@@ -122,10 +122,19 @@ CLEANUP = """
 """
 
 
-@pytest.fixture
-def docker_repository_run(request: pytest.FixtureRequest, tmp_path: Path):
+DPKG_STATUS = """
+    - name: Ask dpkg about the distribution's engine
+      ansible.builtin.command: dpkg-query --show --showformat='${db:Status-Status}' docker.io
+      changed_when: false
+      failed_when: false
+"""
+
+
+@pytest.fixture(scope="module")
+def docker_repository_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     inventory = sandbox_inventory(request)
     host = host_in_group(inventory, "loadbalancer")
+    tmp_path = tmp_path_factory.mktemp("docker-repository")
     mirror = build_docker_mirror(tmp_path / "build")
     playbook(inventory, SERVE_MIRROR, tmp_path, {"target": host, "mirror_dir": str(mirror), "port": PORT})
     try:
@@ -133,13 +142,16 @@ def docker_repository_run(request: pytest.FixtureRequest, tmp_path: Path):
         first = playbook(inventory, DOCKER, tmp_path, extra)
         second = playbook(inventory, DOCKER, tmp_path, extra)
         inspect = playbook(inventory, INSPECT, tmp_path, {"target": host})
-        yield host, mirror, first, second, inspect
+        # The same host converged with the default (the distribution's docker.io) keeps the docker-ce it has.
+        distribution = playbook(inventory, DOCKER, tmp_path, {"target": host})
+        after = playbook(inventory, INSPECT + DPKG_STATUS, tmp_path, {"target": host})
+        yield host, mirror, first, second, inspect, distribution, after
     finally:
         playbook(inventory, CLEANUP, tmp_path, {"target": host})
 
 
 def test_docker_ce_comes_from_the_configured_repository_mirror(docker_repository_run) -> None:
-    host, mirror, first, second, inspect = docker_repository_run
+    host, mirror, first, second, inspect, _distribution, _after = docker_repository_run
     assert first["stats"][host]["changed"] > 0
     # The new source is what made apt refresh: without it docker-ce would not have been found.
     (refresh,) = task_results(first, host, "Install the missing packages, for the Docker engine")
@@ -155,3 +167,14 @@ def test_docker_ce_comes_from_the_configured_repository_mirror(docker_repository
     installed = task_results(inspect, host, "Read the installed versions")[0]["stdout"].splitlines()
     assert sorted(installed) == sorted(f"{p} {VERSION}" for p in PACKAGES)
     assert task_results(inspect, host, "Ask systemd about the engine")[0]["stdout"] == "active"
+
+
+def test_an_engine_from_docker_ce_stays_when_the_role_wants_the_distributions(docker_repository_run) -> None:
+    host, _mirror, _first, _second, _inspect, distribution, after = docker_repository_run
+    (install,) = task_results(distribution, host, "Install the missing packages, for the Docker engine")
+    assert install.get("skipped") is True, install  # docker.io (which conflicts with docker-ce) was never asked for
+    assert distribution["stats"][host]["changed"] == 0, distribution["stats"]
+    installed = task_results(after, host, "Read the installed versions")[0]["stdout"].splitlines()
+    assert sorted(installed) == sorted(f"{p} {VERSION}" for p in PACKAGES)
+    assert task_results(after, host, "Ask dpkg about the distribution's engine")[0]["stdout"] != "installed"
+    assert task_results(after, host, "Ask systemd about the engine")[0]["stdout"] == "active"
