@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -103,11 +104,28 @@ GPU_STACK = """
     - role: nvidia_container_toolkit
 """
 
+# What mokutil answers on a machine booted with Secure Boot (the real tool needs EFI variables).
+SECURE_BOOT_ON = """
+- name: Make the runner report Secure Boot as enabled
+  hosts: "{{ target }}"
+  gather_facts: false
+  tasks:
+    - name: Put a stand-in mokutil first on PATH
+      ansible.builtin.copy:
+        content: "#!/bin/sh\\n[ \\"$1\\" = --sb-state ] && echo 'SecureBoot enabled'\\n"
+        dest: /usr/bin/mokutil
+        mode: "0755"
+"""
+
 CLEANUP = """
 - name: Take the test mirror and its packages off the runner
   hosts: "{{ target }}"
   gather_facts: false
   tasks:
+    - name: Remove the stand-in mokutil
+      ansible.builtin.file:
+        path: /usr/bin/mokutil
+        state: absent
     - name: Stop the mirror
       ansible.builtin.command: systemctl stop mlci-test-mirror
       changed_when: true
@@ -198,8 +216,19 @@ def test_driver_role_fails_on_a_host_that_must_have_a_gpu(inventory: Path, tmp_p
     assert "nvidia_driver_require_gpu is true" in failure["msg"]
 
 
-@pytest.fixture
-def gpu_mirror_run(inventory: Path, tmp_path: Path):
+@dataclass
+class GpuMirrorRun:
+    runner: str
+    first: dict  # the first converge (installs; nvidia_driver_reboot false)
+    second: dict  # the same again
+    reboot_allowed: dict  # a third, with nvidia_driver_reboot true and nothing to change
+    secure_boot: dict  # a fourth, where mokutil says Secure Boot is on (the module is unsigned: none exists)
+
+
+@pytest.fixture(scope="module")
+def gpu_mirror_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    inventory = sandbox_inventory(request)
+    tmp_path = tmp_path_factory.mktemp("gpu-mirror")
     runner = host_in_group(inventory, "gpu_runners")
     mirror_dir = build_mirror(tmp_path / "build")
     playbook(inventory, SERVE_MIRROR, tmp_path, {"target": runner, "mirror_dir": str(mirror_dir), "port": MIRROR_PORT})
@@ -207,7 +236,11 @@ def gpu_mirror_run(inventory: Path, tmp_path: Path):
         extra = {"target": runner, **_mirror_vars(MIRROR)}
         first = playbook(inventory, GPU_STACK, tmp_path, extra)
         second = playbook(inventory, GPU_STACK, tmp_path, extra)
-        yield runner, first, second
+        rebooting = {**extra, "nvidia_driver_reboot": True}
+        reboot_allowed = playbook(inventory, GPU_STACK, tmp_path, rebooting)
+        playbook(inventory, SECURE_BOOT_ON, tmp_path, {"target": runner})
+        secure_boot = playbook(inventory, GPU_STACK, tmp_path, rebooting, rc=2)
+        yield GpuMirrorRun(runner, first, second, reboot_allowed, secure_boot)
     finally:
         playbook(inventory, CLEANUP, tmp_path, {"target": runner, "held": HELD})
 
@@ -245,9 +278,9 @@ INSPECT = """
 
 
 def test_mirror_mode_renders_only_the_mirror_and_pins_and_holds(
-    gpu_mirror_run, inventory: Path, tmp_path: Path
+    gpu_mirror_run: GpuMirrorRun, inventory: Path, tmp_path: Path
 ) -> None:
-    runner, first, second = gpu_mirror_run
+    runner, first, second = gpu_mirror_run.runner, gpu_mirror_run.first, gpu_mirror_run.second
     out = playbook(inventory, INSPECT, tmp_path, {"target": runner, "held": HELD})
     read = {
         name: task_results(out, runner, name)[0]["stdout"]
@@ -312,3 +345,23 @@ def test_mirror_mode_renders_only_the_mirror_and_pins_and_holds(
     # Idempotent: the second run changed nothing.
     assert first["stats"][runner]["changed"] > 0
     assert second["stats"][runner]["changed"] == 0, textwrap.shorten(str(second["stats"]), 300)
+
+
+def test_a_driver_that_did_not_load_is_not_rebooted_again_when_nothing_changed(gpu_mirror_run: GpuMirrorRun) -> None:
+    run, runner = gpu_mirror_run.reboot_allowed, gpu_mirror_run.runner
+    assert run["stats"][runner]["changed"] == 0 and run["stats"][runner]["failures"] == 0
+    (said,) = task_results(run, runner, "Say why the host is not rebooted again")
+    assert "nothing changed in this run, so it is not rebooted again" in said["msg"], said
+    (reboot,) = task_results(run, runner, "Reboot to load the NVIDIA driver")
+    assert reboot.get("skipped") is True, reboot
+
+
+def test_secure_boot_with_an_unsigned_module_fails_with_what_to_do_instead_of_rebooting(
+    gpu_mirror_run: GpuMirrorRun,
+) -> None:
+    run, runner = gpu_mirror_run.secure_boot, gpu_mirror_run.runner
+    (failure,) = task_results(run, runner, "Fail when Secure Boot would refuse an unsigned driver module")
+    assert failure["failed"] is True
+    assert f"{runner}: Secure Boot is enabled and the nvidia kernel module is not signed" in failure["msg"]
+    assert "mokutil --import" in failure["msg"] and "dkms autoinstall" in failure["msg"]
+    assert not task_results(run, runner, "Reboot to load the NVIDIA driver")  # the run stopped before it
