@@ -27,7 +27,7 @@ from mlci.schema import Column, Schema, load_schema, schema_path
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Dataset", "check", "data_files", "file_sha256", "load_schema", "split"]
+__all__ = ["Dataset", "check", "data_files", "load_schema", "split"]
 
 # ASCII digits only: float() would also take "٣" or "1_000", which no CSV writer means as numbers.
 _INT = re.compile(r"[+-]?\d+", re.ASCII)
@@ -55,14 +55,6 @@ class Dataset:
 def data_files(config: Config) -> list[Path]:
     """The data files and the schema file, resolved. Cheap: no parsing, no numpy."""
     return [config.path(f).resolve() for f in config.data.files] + [schema_path(config).resolve()]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check(config: Config) -> Dataset:
