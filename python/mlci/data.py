@@ -352,8 +352,9 @@ class _Records:
         self.kept += n
 
     def table(self, table: Any, n: int) -> bool:
-        """Check n records that pyarrow parsed as strings; False when anything is not plainly right (the caller
-        then checks them through csv.reader, which says exactly what and where)."""
+        """Check n records that pyarrow parsed (features as strings, or as float64 where _lines says they may be);
+        False when anything is not plainly right (the caller then checks them through csv.reader, which says
+        exactly what and where)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -366,6 +367,9 @@ class _Records:
             cells = table.column(column.name).combine_chunks()
             if cells.null_count:
                 return False
+            if cells.type == pa.float64():
+                x.append(cells.to_numpy())
+                continue
             offsets = np.frombuffer(cells.buffers()[1], np.int32, n + 1, cells.offset * 4)
             lengths = np.diff(offsets)
             if lengths.max(initial=0) >= limit:
@@ -383,6 +387,8 @@ class _Records:
                 values = pc.cast(cells, pa.float64()).to_numpy(zero_copy_only=False)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 return False
+            x.append(values)
+        for column, values in zip(self.schema.features, x, strict=True):
             outside = np.isinf(values)
             if column.min is not None:
                 outside |= values < column.min
@@ -390,7 +396,6 @@ class _Records:
                 outside |= values > column.max
             if outside.any():
                 return False
-            x.append(values)
         labels = table.column(self.schema.label).combine_chunks()
         found = pc.index_in(labels, value_set=pa.array(self.classes, pa.string()))
         if found.null_count:
@@ -439,15 +444,21 @@ def _read_lines(path: Path, records: _Records) -> None:
         records.first(line.split(",") if line else [])
         if records.problem is not None:
             raise records.problem
-        options = (
-            pacsv.ReadOptions(column_names=records.header, block_size=1 << 22),
+        header = records.header or []
+        read, parse = (
+            pacsv.ReadOptions(column_names=header, block_size=1 << 22),
             pacsv.ParseOptions(ignore_empty_lines=False),
-            pacsv.ConvertOptions(
-                column_types=dict.fromkeys(records.header or [], pa.string()),
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
         )
+        strings = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
+        )
+        options: list[tuple[tuple[Any, ...], bytes | None]] = [((read, parse, strings), None)]
+        if all(c.dtype == "int" for c in records.schema.features):
+            # Over the bytes of integers alone, pyarrow's float parser takes exactly the tokens the int check takes
+            # ([+-]?digits), to the value float() gives: such a chunk is parsed straight to numbers.
+            types = {**dict.fromkeys(header, pa.float64()), records.schema.label: pa.string()}
+            numbers = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=False)
+            options.insert(0, ((read, parse, numbers), _INT_BYTES + b",\r\n"))
         while True:
             more = b"" if eof else f.read(_BLOCK)
             eof = not more
@@ -467,7 +478,9 @@ def _read_lines(path: Path, records: _Records) -> None:
                 return
 
 
-def _lines(chunk: bytes, records: _Records, options: tuple[Any, ...], *, final: bool) -> None:
+def _lines(
+    chunk: bytes, records: _Records, options: list[tuple[tuple[Any, ...], bytes | None]], *, final: bool
+) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -476,12 +489,14 @@ def _lines(chunk: bytes, records: _Records, options: tuple[Any, ...], *, final: 
         records.data_starts()
         if records.problem is not None:
             return
-    if records.index:
+    for read, only in options if records.index else []:  # numbers straight away where they may be, else strings
+        if only is not None and chunk.translate(None, only):
+            continue
         try:
-            table = pacsv.read_csv(pa.BufferReader(chunk), *options)
+            table = pacsv.read_csv(pa.BufferReader(chunk), *read)
         except pa.ArrowInvalid:
-            table = None
-        if table is not None and records.table(table, n):
+            continue
+        if records.table(table, n):
             return
     rows = list(csv.reader(io.StringIO(chunk.decode("utf-8"), newline=""), strict=True))
     records.feed(rows, final=final)

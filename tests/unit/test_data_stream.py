@@ -217,3 +217,16 @@ def test_data_files_and_the_run_key_import_neither_numpy_nor_pyarrow(tmp_path: P
         [sys.executable, "-c", code, str(tmp_path / "mlci.toml")], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_integer_columns_read_as_numbers_keep_every_value(tmp_path: Path) -> None:
+    """An all-int schema lets chunks of digits go straight to float64: signs, zeros and big values as float()."""
+    schema = '[label]\ncolumn = "y"\nclasses = [0, 1]\n[features]\nn = { dtype = "int" }\nm = { dtype = "int" }\n'
+    tokens = ["-0", "+5", "007", "9007199254740993", "-9223372036854775809", "123456789012345678901234567890"]
+    tokens = tokens * 400
+    body = "".join(f"{t},{i},{i % 2}\n" for i, t in enumerate(tokens))
+    ds = data.check(project(tmp_path, "n,m,y\n" + body, schema=schema))
+    expected = np.array([float(t) for t in tokens], dtype=np.float64).astype(np.float32)
+    assert ds.x[:, 0].tobytes() == expected.tobytes()  # bytes: -0.0 stays negative
+    e = error(project(tmp_path, "n,m,y\n" + body + "1e1,5,0\n", schema=schema))
+    assert (e.row, e.column, e.value) == (len(tokens) + 1, "n", "1e1") and "not an integer" in e.why
