@@ -104,11 +104,12 @@ def split(ds: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Datase
 #
 # A file is read twice, in blocks, never whole: first its bytes (_scan: emptiness, UTF-16, control bytes, UTF-8),
 # then its records. A file without quotes, lone CRs or very long lines (nearly every numeric CSV) has one record
-# per line: it is cut at line ends into chunks that pyarrow parses as strings and numpy/pyarrow check at once; a
-# chunk with anything unusual in it, and every other file, goes through csv.reader and the per-cell checks
-# below, which say exactly where. The order of the checks is that of reading the whole file first: byte-level
-# problems, then garbled quoting anywhere, a blank header or no data rows, the header, the first row of the wrong
-# width, then the first bad cell of the first column (schema order, label last) that has one.
+# per line: it is cut at line ends into chunks that pyarrow parses (straight to numbers where only integers can be
+# in them, else as strings) and numpy/pyarrow check a column at a time; a chunk with anything unusual in it, and
+# every other file, goes through csv.reader and the per-cell checks below, which say exactly where. The order of
+# the checks is that of reading the whole file first: byte-level problems, then garbled quoting anywhere, a blank
+# header or no data rows, the header, the first row of the wrong width, then the first bad cell of the first
+# column (schema order, label last) that has one.
 
 _BLOCK = 1 << 24  # bytes read at a time; about the size of one parsed chunk
 _BATCH = 1 << 16  # records checked at a time on the csv.reader path
