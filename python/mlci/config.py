@@ -65,6 +65,9 @@ class DataConfig:
     # Fraction of rows held out (by a seeded, frozen split) for evaluation.
     eval_fraction: float = _checked(0.2, fraction())
     split_seed: int = 20261126
+    # Read every data file to hash it, instead of trusting the sha256 cached for an unchanged stat (size, mtime,
+    # ctime, inode) in .mlci/data-hashes.json. `mlci train --rehash` sets it for one run. Not part of the run key.
+    rehash: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ all rows as one Dataset; the first problem raises DataError naming the file, the
 is not counted: row N is file line N+1), the column and the value. Byte-level problems (not UTF-8, binary
 junk) name the file line instead, since no row can be parsed there.
 
-numpy is imported inside functions only: `data_files` runs on the no-op path of `mlci train`.
+Files are read in chunks (see "one file" below): memory holds the float32/int64 arrays of the rows and one chunk,
+whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files` runs on the no-op
+path of `mlci train`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlci.config import Config
 from mlci.errors import DataError
@@ -27,7 +29,7 @@ from mlci.schema import Column, Schema, load_schema, schema_path
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Dataset", "check", "data_files", "file_sha256", "load_schema", "split"]
+__all__ = ["Dataset", "check", "data_files", "load_schema", "split"]
 
 # ASCII digits only: float() would also take "٣" or "1_000", which no CSV writer means as numbers.
 _INT = re.compile(r"[+-]?\d+", re.ASCII)
@@ -57,30 +59,16 @@ def data_files(config: Config) -> list[Path]:
     return [config.path(f).resolve() for f in config.data.files] + [schema_path(config).resolve()]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check(config: Config) -> Dataset:
     """Validate every file in `config.data.files` against the schema; return all their rows."""
     import numpy as np
 
     schema = load_schema(config)
     parts = [_read(config.path(name), name, schema) for name in config.data.files]
-    x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    x, y, hashes = (np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
     if not schema.allow_duplicate_rows:
-        _no_duplicates(x, y, [(name, len(p[1])) for name, p in zip(config.data.files, parts, strict=True)])
-    return Dataset(
-        features=schema.feature_names,
-        classes=list(schema.classes),
-        x=x.astype(np.float32),
-        y=y,
-    )
+        _no_duplicates(x, y, hashes, [(name, len(p[1])) for name, p in zip(config.data.files, parts, strict=True)])
+    return Dataset(features=schema.feature_names, classes=list(schema.classes), x=x, y=y)
 
 
 def split(ds: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -113,107 +101,451 @@ def split(ds: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Datase
 
 
 # --- one file -------------------------------------------------------------------------------------------
+#
+# A file is read twice, in blocks, never whole: first its bytes (_scan: emptiness, UTF-16, control bytes, UTF-8),
+# then its records. A file without quotes, lone CRs or very long lines (nearly every numeric CSV) has one record
+# per line: it is cut at line ends into chunks that pyarrow parses (straight to numbers where only integers can be
+# in them, else as strings) and numpy/pyarrow check a column at a time; a chunk with anything unusual in it, and
+# every other file, goes through csv.reader and the per-cell checks below, which say exactly where. The order of
+# the checks is that of reading the whole file first: byte-level problems, then garbled quoting anywhere, a blank
+# header or no data rows, the header, the first row of the wrong width, then the first bad cell of the first
+# column (schema order, label last) that has one.
+
+_BLOCK = 1 << 24  # bytes read at a time; about the size of one parsed chunk
+_BATCH = 1 << 16  # records checked at a time on the csv.reader path
+_UTF8_BOM = b"\xef\xbb\xbf"
+_NOT_CONTROL = bytes(b for b in range(256) if not _CONTROL_BYTES.fullmatch(bytes([b])))
+_INT_BYTES = b"0123456789+-"
+_FLOAT_BYTES = _INT_BYTES + b".eE"
+_NAN_BYTES = _FLOAT_BYTES + b"nNaA"
 
 
-def _read(path: Path, name: str, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and check one CSV: (x float64 [n, features] in schema order, y int64 [n])."""
+@dataclass(frozen=True)
+class _Scan:
+    simple: bool  # no quote, no lone CR and no line as long as csv's field limit: one record per line
+    ends_with_newline: bool
+    most_rows: int  # at least as many as the data records
+
+
+def _read(path: Path, name: str, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse and check one CSV: (x float32 [n, features] in schema order, y int64 [n], 64-bit row hashes [n])."""
+    scan = _scan(path, name)
+    records = _Records(name, schema, scan)
+    try:
+        if scan.simple:
+            _read_lines(path, records)
+        else:
+            _read_csv(path, records)
+    except OSError as exc:  # the file went away or broke while being read
+        raise DataError(name, f"cannot be read ({exc.strerror})") from None
+    return records.result()
+
+
+def _scan(path: Path, name: str) -> _Scan:
+    """Byte-level checks over the whole file, in blocks; the same messages as checking it in one piece."""
+    import codecs
+
     import numpy as np
 
-    text = _text(path, name)
-    header, rows = _rows(text, name)
-    index = _header(header, name, schema)
-    _widths(rows, len(header), text, name)
-    columns = list(zip(*rows, strict=True))
-    x = np.empty((len(rows), len(schema.features)), dtype=np.float64)
-    for j, column in enumerate(schema.features):
-        x[:, j] = _feature(columns[index[column.name]], column, name)
-    y = _labels(columns[index[schema.label]], schema, name)
-    return x, y
-
-
-def _text(path: Path, name: str) -> str:
     try:
-        data = path.read_bytes()
+        f = path.open("rb")
     except FileNotFoundError:
         raise DataError(name, f"file not found ({path})") from None
     except IsADirectoryError:
         raise DataError(name, "is a directory, not a CSV file") from None
     except OSError as exc:
         raise DataError(name, f"cannot be read ({exc.strerror})") from None
-    if not data.strip():
-        raise DataError(name, "the file is empty (expected a header row, then data rows)")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(name, "not UTF-8: the file is UTF-16 (it starts with a UTF-16 byte-order mark)")
-    # Control bytes are ASCII, so they mean the same in any encoding: look for them before decoding, so that
-    # binary junk is called binary rather than "not UTF-8".
-    junk = _CONTROL_BYTES.search(data)
-    if junk:
-        line = data.count(b"\n", 0, junk.start()) + 1
-        raise DataError(
-            name,
-            f"binary or garbled content: control byte 0x{junk.group()[0]:02x} at file line {line} "
-            f"(byte offset {junk.start()})",
-        )
+    limit = csv.field_size_limit()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
+    last_newline = -1
+    nonspace = content = quoted = lone_cr = long_line = False
+    control: tuple[int, int, int] | None = None  # byte offset, byte, file line
+    bad_utf8: tuple[int, int, int, bool] | None = None  # byte offset, byte, file line, at the very end
+    tail = b""
+    carriage_returns = 0
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        why = f"not UTF-8: byte 0x{data[exc.start]:02x} at file line {line} (byte offset {exc.start}) "
-        if exc.end == len(data) and "unexpected end" in exc.reason:
+        with f:
+            block = f.read(_BLOCK)
+            while block:
+                following = f.read(_BLOCK)
+                final = not following
+                if offset == 0 and block.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise DataError(name, "not UTF-8: the file is UTF-16 (it starts with a UTF-16 byte-order mark)")
+                nonspace = nonspace or bool(block.strip())
+                if control is None and block.translate(None, _NOT_CONTROL):
+                    junk = _CONTROL_BYTES.search(block)
+                    assert junk is not None
+                    line = newlines + block.count(b"\n", 0, junk.start()) + 1
+                    control = (offset + junk.start(), junk.group()[0], line)
+                if control is None and bad_utf8 is None:
+                    pending = len(decoder.getstate()[0])
+                    if pending or not block.isascii():
+                        try:
+                            text = decoder.decode(block, final)
+                        except UnicodeDecodeError as exc:
+                            at = exc.start - pending  # into this block; < 0: in the previous block's tail
+                            line = newlines + block.count(b"\n", 0, max(at, 0)) + 1
+                            at_end = final and exc.end == len(exc.object) and "unexpected end" in exc.reason
+                            bad_utf8 = (offset + at, exc.object[exc.start], line, at_end)
+                        else:
+                            content = content or bool((text.removeprefix("\ufeff") if offset == 0 else text).strip())
+                    else:
+                        content = content or bool(block.strip())
+                quoted = quoted or b'"' in block
+                crs = block.count(b"\r")
+                carriage_returns += crs
+                lone_cr = lone_cr or crs != block.count(b"\r\n")
+                ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+                if not long_line:
+                    starts = np.concatenate([[last_newline - offset], ends])
+                    stops = np.concatenate([ends, [len(block)]])
+                    long_line = bool((stops - starts).max() > limit)
+                if len(ends):
+                    last_newline = offset + int(ends[-1])
+                newlines += len(ends)
+                offset += len(block)
+                tail = block[-1:]
+                block = following
+    except OSError as exc:
+        raise DataError(name, f"cannot be read ({exc.strerror})") from None
+    empty = "the file is empty (expected a header row, then data rows)"
+    if not nonspace:
+        raise DataError(name, empty)
+    if control is not None:
+        at, byte, line = control
+        raise DataError(
+            name, f"binary or garbled content: control byte 0x{byte:02x} at file line {line} (byte offset {at})"
+        )
+    if bad_utf8 is not None:
+        at, byte, line, at_end = bad_utf8
+        why = f"not UTF-8: byte 0x{byte:02x} at file line {line} (byte offset {at}) "
+        if at_end:
             why += "starts a character the file ends inside of: the file looks truncated"
         else:
             why += "cannot be decoded; save the file as UTF-8"
-        raise DataError(name, why) from None
-    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as spreadsheet programs write
-    if not text.strip():
-        raise DataError(name, "the file is empty (expected a header row, then data rows)")
-    return text
+        raise DataError(name, why)
+    if not content:
+        raise DataError(name, empty)
+    return _Scan(
+        simple=not (quoted or lone_cr or long_line),
+        ends_with_newline=tail in (b"\n", b"\r"),
+        most_rows=newlines + (carriage_returns if lone_cr else 0) + 1,
+    )
 
 
-def _rows(text: str, name: str) -> tuple[list[str], list[list[str]]]:
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    except csv.Error:
-        _garbled(text, name)  # parse again, slowly, to say where
-        raise
-    while rows and not rows[-1]:  # blank lines at the very end lose nothing; tolerate them
-        rows.pop()
-    if not rows or not any(rows[0]):
-        raise DataError(name, "line 1 must be the header row, but it is blank")
-    if len(rows) == 1:
-        raise DataError(name, "no data rows after the header")
-    return rows[0], rows[1:]
+class _Records:
+    """The checks on one file's records, fed in order in batches; remembers the first problem of each kind."""
+
+    def __init__(self, name: str, schema: Schema, scan: _Scan) -> None:
+        import numpy as np
+
+        self.name, self.schema, self.scan = name, schema, scan
+        self.header: list[str] | None = None
+        self.index: dict[str, int] = {}
+        self.rows = 0  # data records so far, blank ones included
+        self.blank: int | None = None  # the row of a blank record not yet known to be trailing
+        self.problem: DataError | None = None  # blank header, header, row width: outranks any bad cell
+        self.cell: tuple[int, DataError] | None = None  # (column's place: features, then label; its first bad)
+        self.classes = [str(c) for c in schema.classes]
+        # The rows kept so far (all of them while nothing is wrong), in arrays sized once: the float64 values
+        # exist only a chunk at a time. Pages past the end are never touched, so never take memory.
+        self.kept = 0
+        self.x = np.empty((scan.most_rows, len(schema.features)), dtype=np.float32)
+        self.y = np.empty(scan.most_rows, dtype=np.int64)
+        self.hashes = np.empty(scan.most_rows, dtype=np.uint64)
+
+    # -- the header ---------------------------------------------------------------------------------------
+
+    def first(self, header: list[str]) -> None:
+        self.header = header
+        if not any(header):
+            self.fail(DataError(self.name, "line 1 must be the header row, but it is blank"))
+
+    def data_starts(self) -> None:
+        """The first non-blank record after the header exists: the header's turn (after 'no data rows')."""
+        if self.problem is None and self.header is not None and not self.index:
+            try:
+                self.index = _header(self.header, self.name, self.schema)
+            except DataError as exc:
+                self.fail(exc)
+
+    def fail(self, problem: DataError) -> None:
+        if self.problem is None:
+            self.problem = problem
+
+    # -- records ------------------------------------------------------------------------------------------
+
+    def feed(self, records: list[list[str]], *, final: bool) -> None:
+        """Check the next data records (csv.reader's lists). `final`: nothing follows them in the file."""
+        if final:
+            while records and not records[-1]:  # blank lines at the very end lose nothing; tolerate them
+                records.pop()
+        start = self.rows
+        self.rows += len(records)
+        if not records or self.problem is not None:
+            return
+        if not self.index:
+            first_data = next((i for i, r in enumerate(records) if r), None)
+            if first_data is None:
+                self.blank = self.blank or start + 1
+                return
+            self.data_starts()
+            if self.problem is not None:
+                return
+        width = len(self.index)
+        if self.blank is None and set(map(len, records)) == {width}:
+            self.cells(records, start)
+            return
+        complete = len(records)  # records before the first blank one
+        for i, row in enumerate(records, start + 1):
+            if not row:
+                self.blank = self.blank or i
+                complete = min(complete, i - start - 1)
+                continue
+            if self.blank is not None:
+                self.fail(DataError(self.name, "blank line; every row needs all columns", row=self.blank))
+                return
+            if len(row) != width:
+                why = f"has {len(row)} fields but the header has {width}"
+                if final and i == self.rows and not self.scan.ends_with_newline:
+                    why += "; the last line has no newline: the file looks truncated"
+                value = ",".join(row) if len(row) < 8 else None
+                self.fail(DataError(self.name, why, row=i, value=value))
+                return
+        # Reached with blank records pending at the end of a batch that is not the last.
+        self.cells(records[:complete], start)
+
+    def cells(self, records: list[list[str]], start: int) -> None:
+        """Check every cell of records of the right width (rows start+1...); keep their arrays."""
+
+        if not records:
+            return
+        columns = list(zip(*records, strict=True))
+        x: list[np.ndarray] = []
+        for place, column in enumerate([*self.schema.features, None]):
+            if self.cell is not None and place >= self.cell[0]:
+                return
+            try:
+                if column is None:
+                    y = _labels(columns[self.index[self.schema.label]], self.schema, self.name)
+                else:
+                    x.append(_feature(columns[self.index[column.name]], column, self.name))
+            except DataError as exc:
+                row = None if exc.row is None else exc.row + start
+                self.cell = (place, DataError(self.name, exc.why, row=row, column=exc.column, value=exc.value))
+        if self.cell is None:
+            self.keep(x, y)
+
+    def keep(self, x: list[np.ndarray], y: np.ndarray) -> None:
+        """Store the next rows: each feature's float64 values (schema order) and the labels."""
+        import numpy as np
+
+        at, n = self.kept, len(y)
+        h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
+        for place, values in enumerate(x):
+            if self.schema.features[place].nan:  # one NaN: "-nan" is the same missing value as "" or "nan"
+                values = np.where(np.isnan(values), np.nan, values)
+            self.x[at : at + n, place] = values
+            h = _fold(h, values)
+        self.hashes[at : at + n] = _mix(_fold(h, y.astype(np.float64)))
+        self.y[at : at + n] = y
+        self.kept += n
+
+    def table(self, table: Any, n: int) -> bool:
+        """Check n records that pyarrow parsed (features as strings, or as float64 where _lines says they may be);
+        False when anything is not plainly right (the caller then checks them through csv.reader, which says
+        exactly what and where)."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.problem is not None or self.blank is not None or table.num_rows != n:
+            return False
+        limit = csv.field_size_limit()
+        x: list[np.ndarray] = []
+        for column in self.schema.features:
+            cells = table.column(column.name).combine_chunks()
+            if cells.null_count:
+                return False
+            if cells.type == pa.float64():
+                x.append(cells.to_numpy())
+                continue
+            offsets = np.frombuffer(cells.buffers()[1], np.int32, n + 1, cells.offset * 4)
+            lengths = np.diff(offsets)
+            if lengths.max(initial=0) >= limit:
+                return False
+            size = int(offsets[-1] - offsets[0])
+            chars = np.frombuffer(cells.buffers()[2], np.uint8, size, int(offsets[0])) if size else offsets[:0]
+            allowed = _NAN_BYTES if column.nan else _INT_BYTES if column.dtype == "int" else _FLOAT_BYTES
+            if not _byte_set(allowed)[chars].all():
+                return False
+            if not lengths.all():
+                if not column.nan:
+                    return False
+                cells = pc.if_else(pc.equal(cells, ""), pa.scalar("nan"), cells)
+            try:  # over these bytes, what pyarrow parses is exactly what the token checks accept, to the same value
+                values = pc.cast(cells, pa.float64()).to_numpy(zero_copy_only=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return False
+            x.append(values)
+        for column, values in zip(self.schema.features, x, strict=True):
+            outside = np.isinf(values)
+            if column.min is not None:
+                outside |= values < column.min
+            if column.max is not None:
+                outside |= values > column.max
+            if outside.any():
+                return False
+        labels = table.column(self.schema.label).combine_chunks()
+        found = pc.index_in(labels, value_set=pa.array(self.classes, pa.string()))
+        if found.null_count:
+            return False
+        self.rows += n
+        if self.cell is None:  # with a bad cell found already, the file fails: keep nothing
+            self.keep(x, found.to_numpy(zero_copy_only=False).astype(np.int64))
+        return True
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.problem is None and not self.index:
+            if self.header is None or not any(self.header):
+                raise DataError(self.name, "line 1 must be the header row, but it is blank")
+            raise DataError(self.name, "no data rows after the header")
+        if self.problem is not None:
+            raise self.problem
+        if self.cell is not None:
+            raise self.cell[1]
+        return self.x[: self.kept], self.y[: self.kept], self.hashes[: self.kept]
 
 
-def _garbled(text: str, name: str) -> None:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    rows, line = 0, 0  # line: the file line the last complete record ended on
-    try:
-        for _ in reader:
-            rows, line = rows + 1, reader.line_num
-    except csv.Error as exc:
-        where = f"row {rows}" if rows else "the header"
-        raise DataError(
-            name,
-            f"garbled CSV in the record that starts at file line {line + 1} ({where}): {exc}"
-            + ("; look for an unbalanced quote" if "field limit" in str(exc) else ""),
-        ) from None
+def _byte_set(allowed: bytes) -> np.ndarray:
+    import numpy as np
+
+    table = np.zeros(256, dtype=bool)
+    table[np.frombuffer(allowed, np.uint8)] = True
+    return table
 
 
-def _widths(rows: list[list[str]], width: int, text: str, name: str) -> None:
-    """Every row has as many fields as the header; a short last line without a newline is a truncated file."""
-    if set(map(len, rows)) == {width}:
-        return
-    for i, row in enumerate(rows):
-        if len(row) == width:
+def _read_lines(path: Path, records: _Records) -> None:
+    """A file of one record per line: cut into chunks at line ends, each parsed by pyarrow (csv.reader when that
+    is not plainly right). No quoting, no lone CR and no overlong line: csv.reader cannot fail on it."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with path.open("rb") as f:
+        data = f.read(_BLOCK).removeprefix(_UTF8_BOM)
+        eof = False
+        while b"\n" not in data and not eof:  # the header line
+            more = f.read(_BLOCK)
+            eof = not more
+            data += more
+        end = data.find(b"\n")
+        line, data = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+        line = line.removesuffix(b"\r").decode("utf-8")
+        records.first(line.split(",") if line else [])
+        if records.problem is not None:
+            raise records.problem
+        header = records.header or []
+        read, parse = (
+            pacsv.ReadOptions(column_names=header, block_size=1 << 22),
+            pacsv.ParseOptions(ignore_empty_lines=False),
+        )
+        strings = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
+        )
+        options: list[tuple[tuple[Any, ...], bytes | None]] = [((read, parse, strings), None)]
+        if all(c.dtype == "int" for c in records.schema.features):
+            # Over the bytes of integers alone, pyarrow's float parser takes exactly the tokens the int check takes
+            # ([+-]?digits), to the value float() gives: such a chunk is parsed straight to numbers.
+            types = {**dict.fromkeys(header, pa.float64()), records.schema.label: pa.string()}
+            numbers = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=False)
+            options.insert(0, ((read, parse, numbers), _INT_BYTES + b",\r\n"))
+        while True:
+            more = b"" if eof else f.read(_BLOCK)
+            eof = not more
+            data += more
+            if eof:
+                chunk, data = data.rstrip(b"\r\n"), b""  # trailing blank lines are tolerated
+            else:
+                cut = data.rfind(b"\n") + 1
+                while cut > 0 and data.endswith((b"\n\n", b"\n\r\n"), 0, cut):  # blank lines go with what follows
+                    cut -= 1 if data[cut - 2] == 10 else 2
+                chunk, data = data[:cut], data[cut:]
+            if chunk:
+                _lines(chunk, records, options, final=eof)
+            if records.problem is not None:
+                raise records.problem
+            if eof:
+                return
+
+
+def _lines(
+    chunk: bytes, records: _Records, options: list[tuple[tuple[Any, ...], bytes | None]], *, final: bool
+) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    n = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+    if not records.index and chunk.strip(b"\r\n"):
+        records.data_starts()
+        if records.problem is not None:
+            return
+    for read, only in options if records.index else []:  # numbers straight away where they may be, else strings
+        if only is not None and chunk.translate(None, only):
             continue
-        last = i == len(rows) - 1
-        if not row:
-            raise DataError(name, "blank line; every row needs all columns", row=i + 1)
-        why = f"has {len(row)} fields but the header has {width}"
-        if last and not text.endswith(("\n", "\r")):
-            why += "; the last line has no newline: the file looks truncated"
-        raise DataError(name, why, row=i + 1, value=",".join(row) if len(row) < 8 else None)
+        try:
+            table = pacsv.read_csv(pa.BufferReader(chunk), *read)
+        except pa.ArrowInvalid:
+            continue
+        if records.table(table, n):
+            return
+    rows = list(csv.reader(io.StringIO(chunk.decode("utf-8"), newline=""), strict=True))
+    records.feed(rows, final=final)
+
+
+def _read_csv(path: Path, records: _Records) -> None:
+    """Any other file: csv.reader over the text, in batches of records."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        parsed, line = 0, 0  # records parsed; the file line the last complete one ended on
+        batch: list[list[str]] = []
+        try:
+            for row in reader:
+                parsed, line = parsed + 1, reader.line_num
+                if parsed == 1:
+                    records.first(row)
+                    continue
+                batch.append(row)
+                if len(batch) > _BATCH:  # one record held back: the last batch fed is never empty
+                    records.feed(batch[:-1], final=False)
+                    batch = batch[-1:]
+        except csv.Error as exc:
+            where = f"row {parsed}" if parsed else "the header"
+            raise DataError(
+                records.name,
+                f"garbled CSV in the record that starts at file line {line + 1} ({where}): {exc}"
+                + ("; look for an unbalanced quote" if "field limit" in str(exc) else ""),
+            ) from None
+        records.feed(batch, final=True)
+
+
+def _fold(h: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Fold one column of float64 values (their bytes: -0.0 and NaNs as written) into running row hashes."""
+    import numpy as np
+
+    h = (h ^ values.view(np.uint64)) * np.uint64(0xFF51AFD7ED558CCD)
+    return h ^ (h >> np.uint64(29))
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, element-wise (uint64 arithmetic wraps)."""
+    import numpy as np
+
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
 
 
 def _header(header: list[str], name: str, schema: Schema) -> dict[str, int]:
@@ -364,26 +696,35 @@ def _labels(cells: Sequence[str], schema: Schema, name: str) -> np.ndarray:
 # --- across files ---------------------------------------------------------------------------------------
 
 
-def _no_duplicates(x: np.ndarray, y: np.ndarray, files: list[tuple[str, int]]) -> None:
+def _no_duplicates(x: np.ndarray, y: np.ndarray, hashes: np.ndarray, files: list[tuple[str, int]]) -> None:
+    """The first row (in file order) equal to an earlier one, features and label, names that earlier one.
+
+    Rows with equal 64-bit hashes (of the float64 values) are candidates; equal float32 features and label
+    confirm one. Only the first candidate rows are looked at, one by one, until a duplicate is confirmed.
+    """
     import numpy as np
 
-    table = np.ascontiguousarray(np.column_stack([x, y.astype(np.float64)]))
-    keys = table.view(np.dtype((np.void, table.dtype.itemsize * table.shape[1]))).ravel().tolist()
-    if len(set(keys)) == len(keys):
+    order = np.argsort(hashes, kind="stable")  # equal hashes: a run, in file order
+    ordered = hashes[order]
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # places whose hash the previous place shares
+    if not len(repeats):
         return
-    seen: dict[bytes, int] = {}
-    for i, k in enumerate(keys):
-        if k in seen:
-            first_file, first_row = _where(seen[k], files)
-            file, row = _where(i, files)
-            where = f"row {first_row}" + ("" if first_file == file else f" of {first_file}")
-            raise DataError(
-                file,
-                f"duplicate of {where} (same features and label); "
-                "set options.allow_duplicate_rows = true in the schema to allow it",
-                row=row,
-            )
-        seen[k] = i
+    run_start = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    starts = run_start[np.searchsorted(run_start, repeats, side="right") - 1]
+    bits = x.view(np.uint32)
+    for at in np.argsort(order[repeats], kind="stable"):  # candidates in file order
+        i, place = int(order[repeats[at]]), int(repeats[at])
+        for k in order[starts[at] : place].tolist():  # earlier rows with the same hash, in file order
+            if y[k] == y[i] and np.array_equal(bits[k], bits[i]):
+                first_file, first_row = _where(k, files)
+                file, row = _where(i, files)
+                where = f"row {first_row}" + ("" if first_file == file else f" of {first_file}")
+                raise DataError(
+                    file,
+                    f"duplicate of {where} (same features and label); "
+                    "set options.allow_duplicate_rows = true in the schema to allow it",
+                    row=row,
+                )
 
 
 def _where(i: int, files: list[tuple[str, int]]) -> tuple[str, int]:

@@ -5,11 +5,12 @@ path, so it imports only the standard library: never torch, numpy or rich.
 
 - code: the project's git checkout — the commit's tree id, the uncommitted diff (`git diff HEAD --binary`)
   and the content of untracked files git does not ignore (except mlci's own outputs: registry, artifacts,
-  reports) — plus mlci's own sources when mlci is installed
+  reports, the .mlci/ folder) — plus mlci's own sources when mlci is installed
   outside that checkout. Outside a git checkout (or without git) the sources of mlci and of the model
   factory's module are hashed instead.
-- data: the content of every data file and of the schema.
-- params: the resolved config as canonical JSON.
+- data: the sha256 of every data file and of the schema, each read again only when its stat changed
+  (filehash.py keeps the cache; `data.rehash = true` or `mlci train --rehash` reads them all).
+- params: the resolved config as canonical JSON, less `data.rehash` (how the data is hashed, not what).
 - environment: torch's version and the device kind, both read without importing torch.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import mlci
 from mlci.config import Config
 from mlci.device import device_kind, torch_version
+from mlci.filehash import cache_path, file_digests
 
 _CHUNK = 1 << 20
 
@@ -59,8 +61,10 @@ class RunKey:
 def compute(config: Config, data_files: Iterable[Path]) -> RunKey:
     """The run key of training `config` on `data_files` (the data files and the schema) here, now."""
     code = code_state(config)
-    data_hash = hash_files(data_files, missing_ok=True)
-    params_hash = _sha256(canonical_json(config.to_dict()).encode())
+    data_hash = hash_data(config, list(data_files))
+    params = config.to_dict()
+    del params["data"]["rehash"]  # how the files are hashed, not what the model is trained on
+    params_hash = _sha256(canonical_json(params).encode())
     torch, device = torch_version(), device_kind(config.train.device)
     parts = {"code": code.digest, "data": data_hash, "params": params_hash, "torch": torch, "device": device}
     key = _sha256(canonical_json(parts).encode())
@@ -69,6 +73,17 @@ def compute(config: Config, data_files: Iterable[Path]) -> RunKey:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def hash_data(config: Config, paths: list[Path]) -> str:
+    """sha256 over (name, sha256 of the content) of each file, in order; a missing one hashes as 'missing' (the
+    data check reports it properly later). Files are read only when their stat changed (filehash.py)."""
+    h = hashlib.sha256()
+    for path, digest in zip(paths, file_digests(paths, cache_path(config), rehash=config.data.rehash), strict=True):
+        h.update(str(path).encode() + b"\0")
+        h.update(digest.encode() if digest is not None else b"\0missing")
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def hash_files(paths: Iterable[Path], *, names_relative_to: Path | None = None, missing_ok: bool = False) -> str:
@@ -112,7 +127,7 @@ def code_state(config: Config) -> CodeState:
 def _outputs(config: Config) -> tuple[Path, tuple[Path, ...]]:
     """What mlci itself writes (registry, artifacts, reports): never code, even where .gitignore forgets it."""
     r = config.registry
-    folders = (r.artifacts, r.reports, config.loadtest.output)
+    folders = (r.artifacts, r.reports, config.loadtest.output, ".mlci")
     return config.path(r.path).resolve(), tuple(config.path(p).resolve() for p in folders)
 
 

@@ -91,7 +91,7 @@ def test_git_code_changes(tmp_path: Path) -> None:
     assert clean.git_commit == _git(project, "rev-parse", "HEAD").strip()
     assert not clean.dirty
 
-    (project / ".mlci").mkdir()
+    (project / ".mlci").mkdir(exist_ok=True)  # the data hash cache may be there already
     (project / ".mlci/registry.db").write_bytes(b"ignored by git: not code")
     assert key_of(project).key == clean.key, "an ignored file must not change the key"
 

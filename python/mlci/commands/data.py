@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mlci.commands import config_of, parse, parser
-from mlci.data import check, data_files, file_sha256
+from mlci.data import check, data_files
+from mlci.filehash import cache_path, file_digests
 
 
 def run(argv: Sequence[str]) -> int:
@@ -18,8 +19,7 @@ def run(argv: Sequence[str]) -> int:
     config = config_of(args)
     ds = check(config)
     files = data_files(config)[:-1]
-    digests = ", ".join(
-        f"{name} sha256:{file_sha256(path)[:12]}" for name, path in zip(config.data.files, files, strict=True)
-    )
+    shas = file_digests(files, cache_path(config), rehash=config.data.rehash)
+    digests = ", ".join(f"{name} sha256:{(sha or '?')[:12]}" for name, sha in zip(config.data.files, shas, strict=True))
     print(f"data OK: {len(ds)} rows, {len(ds.features)} features + label, {len(ds.classes)} classes ({digests})")
     return 0

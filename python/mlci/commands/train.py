@@ -1,9 +1,10 @@
-"""`mlci train [--force] [--nproc N]`: data check -> train (or reuse) -> evaluate -> report; exit code of the gates.
+"""`mlci train [--force] [--rehash] [--nproc N]`: data check -> train (or reuse) -> evaluate -> report; exit code
+of the gates.
 
-The no-op path (a succeeded run with the same run key exists) reads only the config, the data files' bytes, git
-and the registry, and imports neither torch nor numpy nor rich: it prints `up to date: run <id>` and exits with
-that run's stored gate verdict. The reused run's data passed the same check: the key covers the data, the
-schema and the checking code.
+The no-op path (a succeeded run with the same run key exists) reads only the config, the data files' stat (their
+bytes only when the stat changed, or with --rehash), git and the registry, and imports neither torch nor numpy nor
+rich: it prints `up to date: run <id>` and exits with that run's stored gate verdict. The reused run's data passed
+the same check: the key covers the data, the schema and the checking code.
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ if TYPE_CHECKING:
 def run(argv: Sequence[str]) -> int:
     p = parser("train", "Data check, train (skipped when nothing changed), evaluate, report; exit code of the gates.")
     p.add_argument("--force", action="store_true", help="train even when a run with the same run key exists")
+    p.add_argument(
+        "--rehash",
+        action="store_true",
+        help="hash every data file again, even those whose stat is unchanged since the last run (= data.rehash=true)",
+    )
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes via torchrun (= train.nproc=N)")
     args = parse(p, argv)
     if args.nproc is not None:
         args.overrides.append(f"train.nproc={args.nproc}")
+    if args.rehash:
+        args.overrides.append("data.rehash=true")
     config = config_of(args)
 
     from mlci import data, runkey
