@@ -152,40 +152,37 @@ def test_the_default_strategy_is_linear_through_mitogen() -> None:
     assert run.stdout.split() == ["True", "True"], run.stdout + run.stderr
 
 
-def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_missing(tmp_path: Path) -> None:
-    hidden = tmp_path / "no_mitogen" / "ansible_mitogen"
-    hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+def _play_with_a_stand_in_mitogen(tmp_path: Path, init: str) -> str:
+    """Run a one-task local play whose `ansible_mitogen` package is `init`; its output, checked to pass."""
+    stand_in = tmp_path / "stand_in" / "ansible_mitogen"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(init)
     (tmp_path / "play.yml").write_text(
         yaml.safe_dump(one_local_play("Local", "STRATEGY-{{ ansible_play_batch | length }}"))
     )
     rc, stdout, stderr = run_playbook(
-        "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"), env={"PYTHONPATH": str(hidden.parent)}
+        "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"), env={"PYTHONPATH": str(stand_in.parent)}
     )
     out = stdout + stderr
-    assert rc == 0, out
-    assert "Mitogen is not installed" in out and "STRATEGY-1" in out, out
+    assert rc == 0 and "STRATEGY-1" in out, out
+    return out
+
+
+def test_the_default_strategy_runs_plain_linear_with_a_warning_when_mitogen_is_missing(tmp_path: Path) -> None:
+    out = _play_with_a_stand_in_mitogen(tmp_path, "raise ImportError('hidden for this test')\n")
+    assert "Mitogen is not installed" in out, out
 
 
 def test_the_default_strategy_runs_plain_linear_when_mitogen_refuses_this_ansible_core(tmp_path: Path) -> None:
-    refusing = tmp_path / "refusing" / "ansible_mitogen"
-    refusing.mkdir(parents=True)
     # What Mitogen's loader does for an ansible-core release it does not support.
-    (refusing / "__init__.py").write_text(
+    refusal = (
         "from ansible.errors import AnsibleError\n"
         "raise AnsibleError('Your Ansible version (2.99.0) is too recent. The most recent version supported by "
         "Mitogen for Ansible is 2.19.x')\n"
     )
-    (tmp_path / "play.yml").write_text(
-        yaml.safe_dump(one_local_play("Local", "STRATEGY-{{ ansible_play_batch | length }}"))
-    )
-    rc, stdout, stderr = run_playbook(
-        "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"), env={"PYTHONPATH": str(refusing.parent)}
-    )
-    out = stdout + stderr
-    assert rc == 0, out
+    out = _play_with_a_stand_in_mitogen(tmp_path, refusal)
     assert "Mitogen cannot run with ansible-core" in out and "too recent" in out, out
-    assert out.count("running the plain linear strategy") == 1 and "STRATEGY-1" in out, out
+    assert out.count("running the plain linear strategy") == 1, out
 
 
 def test_inventory_validation_names_every_bad_host_and_stops_the_run(tmp_path: Path) -> None:

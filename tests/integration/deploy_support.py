@@ -79,6 +79,15 @@ class Project:
     def registry(self) -> Registry:
         return Registry(self.root / ".mlci" / "registry.db")
 
+    def train(self, seed: int) -> str:
+        """`mlci train` with this seed, which must pass its gates; the new run's id."""
+        run = self.mlci("train", f"train.seed={seed}")
+        assert "gates passed" in run.stdout, tail(run)
+        with self.registry() as registry:
+            latest = registry.latest_run()
+            assert latest is not None
+            return latest.id
+
     def statuses(self, env: str) -> dict[str, dict[str, Any] | None]:
         """Each serving host's /manage/status, asked through SSH (None: unreachable)."""
         from mlci.config import load_config

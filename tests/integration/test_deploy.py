@@ -90,15 +90,6 @@ def _figures(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())["figures"]
 
 
-def _train(project: Project, seed: int) -> str:
-    run = project.mlci("train", f"train.seed={seed}")
-    assert "gates passed" in run.stdout, tail(run)
-    with project.registry() as registry:
-        latest = registry.latest_run()
-        assert latest is not None
-        return latest.id
-
-
 def test_first_deploy_installs_the_server_and_serves_the_first_run_everywhere(project: Project, sandbox) -> None:
     assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), "r0001")
     entry = project.last_ledger()
@@ -108,7 +99,7 @@ def test_first_deploy_installs_the_server_and_serves_the_first_run_everywhere(pr
 
 
 def test_rolling_update_under_load_through_the_lb_fails_no_request(project: Project, sandbox, tmp_path) -> None:
-    candidate = _train(project, seed=11)
+    candidate = project.train(seed=11)
     load = _load_through_lb(project, sandbox, 45, tmp_path / "during")
     time.sleep(5)  # the load is running before the first host changes
     deploy = project.mlci("deploy", "--env", ENV)
@@ -241,7 +232,7 @@ def _reachable_runs(project: Project, paused: str) -> dict[str, str | None]:
 
 def test_a_host_stopped_mid_rollout_halts_it_and_a_rerun_converges(project: Project, sandbox, tmp_path) -> None:
     champion = project.champion()
-    candidate = _train(project, seed=12)
+    candidate = project.train(seed=12)
     with _last_host_paused_mid_rollout(project, sandbox, tmp_path / "deploy.log") as paused:
         reachable = _reachable_runs(project, paused)
         assert reachable == dict.fromkeys(reachable, champion)  # one consistent version: the champion's
@@ -265,7 +256,7 @@ STOP_SERVERS = """
 def test_a_failed_first_deploy_stops_the_hosts_it_had_reached(project: Project, sandbox, tmp_path) -> None:
     playbook(project.root / "inventories" / ENV, STOP_SERVERS, tmp_path, {})
     assert project.served_runs(ENV) == dict.fromkeys(_serving(sandbox), None)
-    candidate = _train(project, seed=13)
+    candidate = project.train(seed=13)
     with _last_host_paused_mid_rollout(project, sandbox, tmp_path / "deploy.log") as paused:
         # No model served before, so none serves now: the hosts the rollout reached are stopped again.
         reachable = _reachable_runs(project, paused)

@@ -97,15 +97,6 @@ def docker_host(sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         playbook(inventory, REMOVE, plays, {})
 
 
-def _train(project: Project, seed: int) -> str:
-    run = project.mlci("train", f"train.seed={seed}")
-    assert "gates passed" in run.stdout, tail(run)
-    with project.registry() as registry:
-        latest = registry.latest_run()
-        assert latest is not None
-        return latest.id
-
-
 def test_first_deploy_builds_the_image_offline_and_serves_from_a_locked_down_container(docker_host) -> None:
     assert docker_host.served()["current"]["run_id"] == "r0001"
     # The base image came from the archive (the host has no registry), the server's image was built on it.
@@ -135,7 +126,7 @@ def test_first_deploy_builds_the_image_offline_and_serves_from_a_locked_down_con
 def test_a_model_update_hot_swaps_in_the_same_container_with_no_rebuild(docker_host) -> None:
     before = docker_host.inspect(CONTAINER)
     images_before = docker_host.sh("docker images --quiet --no-trunc mlci-model-server").split()
-    run_id = _train(docker_host.project, seed=2)
+    run_id = docker_host.project.train(seed=2)
     deploy = docker_host.project.mlci("deploy", "--env", ENV)
     assert f"promoted: run {run_id} serves on 1 host(s)" in deploy.stdout, tail(deploy)
     after = docker_host.inspect(CONTAINER)
