@@ -22,6 +22,7 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,36 @@ def cache_path(config: Config) -> Path:
     return config.path(CACHE)
 
 
+@dataclass
+class Digests:
+    """The sha256 (hex) of each file, None for one that is missing or a directory, and the cache entries this
+    computation would add or drop: `save()` writes them (a caller may first check that the data is good, so
+    that a run on bad data writes nothing)."""
+
+    values: list[str | None]
+    cache: Path | None
+    fresh: dict[str, dict[str, Any] | None]  # path -> new entry, or None: drop the old one
+    before: dict[str, dict[str, Any]]
+
+    def save(self) -> None:
+        if self.cache is not None and any(self.fresh.get(k) != self.before.get(k) for k in self.fresh):
+            _store(self.cache, self.fresh)
+
+
 def file_digests(paths: Sequence[Path], cache: Path | None, *, rehash: bool = False) -> list[str | None]:
-    """The sha256 (hex) of each file in `paths`, None for one that is missing or a directory.
+    """The sha256 (hex) of each file in `paths` (None: missing or a directory), with the cache updated."""
+    digests = compute_digests(paths, cache, rehash=rehash)
+    digests.save()
+    return digests.values
+
+
+def compute_digests(paths: Sequence[Path], cache: Path | None, *, rehash: bool = False) -> Digests:
+    """As file_digests, but the cache is only read: `.save()` on the result writes it.
 
     A file whose stat matches its entry in `cache` is not opened, unless `rehash`. `cache` None: no cache.
     """
     entries = _load(cache) if cache is not None else {}
-    fresh: dict[str, dict[str, Any] | None] = {}  # path -> new entry, or None: drop the old one
+    fresh: dict[str, dict[str, Any] | None] = {}
     digests: list[str | None] = []
     for path in paths:
         key = str(path)
@@ -74,9 +98,7 @@ def file_digests(paths: Sequence[Path], cache: Path | None, *, rehash: bool = Fa
             fresh[key] = dict(zip(_STAT_KEYS, _signature(after), strict=True), sha256=digest)
         else:  # changed while being read, or too recently to trust the stat next time
             fresh[key] = None
-    if cache is not None and any(fresh.get(k) != entries.get(k) for k in fresh):
-        _store(cache, fresh)
-    return digests
+    return Digests(digests, cache, fresh, entries)
 
 
 def _hash_file(path: Path) -> str:

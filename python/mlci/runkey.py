@@ -20,7 +20,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import mlci
 from mlci.config import Config
 from mlci.device import device_kind, torch_version
-from mlci.filehash import cache_path, file_digests
+from mlci.filehash import Digests, cache_path, compute_digests
 
 _CHUNK = 1 << 20
 
@@ -48,6 +48,12 @@ class RunKey:
     params_hash: str
     torch: str
     device: str
+    # The data files' hashes, for the stat cache: `save_data_hashes()` once the data is known good.
+    data_digests: Digests | None = field(default=None, compare=False, repr=False)
+
+    def save_data_hashes(self) -> None:
+        if self.data_digests is not None:
+            self.data_digests.save()
 
     @property
     def git_commit(self) -> str | None:
@@ -61,29 +67,31 @@ class RunKey:
 def compute(config: Config, data_files: Iterable[Path]) -> RunKey:
     """The run key of training `config` on `data_files` (the data files and the schema) here, now."""
     code = code_state(config)
-    data_hash = hash_data(config, list(data_files))
+    data_hash, digests = hash_data(config, list(data_files))
     params = config.to_dict()
     del params["data"]["rehash"]  # how the files are hashed, not what the model is trained on
     params_hash = _sha256(canonical_json(params).encode())
     torch, device = torch_version(), device_kind(config.train.device)
     parts = {"code": code.digest, "data": data_hash, "params": params_hash, "torch": torch, "device": device}
     key = _sha256(canonical_json(parts).encode())
-    return RunKey(key, code, data_hash, params_hash, torch, device)
+    return RunKey(key, code, data_hash, params_hash, torch, device, digests)
 
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def hash_data(config: Config, paths: list[Path]) -> str:
+def hash_data(config: Config, paths: list[Path]) -> tuple[str, Digests]:
     """sha256 over (name, sha256 of the content) of each file, in order; a missing one hashes as 'missing' (the
-    data check reports it properly later). Files are read only when their stat changed (filehash.py)."""
+    data check reports it properly later). Files are read only when their stat changed (filehash.py); the
+    returned Digests update that cache when saved."""
+    digests = compute_digests(paths, cache_path(config), rehash=config.data.rehash)
     h = hashlib.sha256()
-    for path, digest in zip(paths, file_digests(paths, cache_path(config), rehash=config.data.rehash), strict=True):
+    for path, digest in zip(paths, digests.values, strict=True):
         h.update(str(path).encode() + b"\0")
         h.update(digest.encode() if digest is not None else b"\0missing")
         h.update(b"\0")
-    return h.hexdigest()
+    return h.hexdigest(), digests
 
 
 def hash_files(paths: Iterable[Path], *, names_relative_to: Path | None = None, missing_ok: bool = False) -> str:

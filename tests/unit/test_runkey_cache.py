@@ -16,13 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_runkey import _git, key_of, make_project
+from test_runkey import _git, make_project
+from test_runkey import key_of as computed_key
 
 from mlci import filehash
 from mlci.config import load_config
 
 CSV = "data/digits.csv"
 SCHEMA = "data/schema.toml"
+
+
+def key_of(project: Path, *overrides: str):
+    """The run key as `mlci train` leaves it: computed, then its data hashes saved once the data checked good."""
+    key = computed_key(project, *overrides)
+    key.save_data_hashes()
+    return key
 
 
 @pytest.fixture
@@ -251,3 +259,12 @@ def test_config_key_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(project / "mlci.toml", ["data.rehash=1"])
     assert info.value.key == "data.rehash" and "true or false" in info.value.why
+
+
+def test_a_key_computed_for_data_not_yet_checked_writes_no_cache(project: Path, hashed: Counter[str]) -> None:
+    computed_key(project)  # what `mlci train` does before its data check: a failing check must leave nothing
+    assert hashed == {"digits.csv": 1, "schema.toml": 1}
+    assert not (project / filehash.CACHE).exists()
+    key_of(project)  # nothing saved, so both are read again, and saved this time
+    assert hashed == {"digits.csv": 2, "schema.toml": 2}
+    assert (project / filehash.CACHE).exists()

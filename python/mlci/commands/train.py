@@ -50,9 +50,11 @@ def run(argv: Sequence[str]) -> int:
         with Registry(db) as registry:
             verdict = _reuse(registry, key.key)
         if verdict is not None:
+            key.save_data_hashes()  # the data a run already checked
             return verdict
 
     dataset = data.check(config)  # before anything is written: bad data leaves the registry untouched
+    key.save_data_hashes()
 
     from mlci.registry import Registry
     from mlci.train import exclusive
