@@ -133,10 +133,22 @@ class ServingConfig:
     graceful_timeout_s: float = _checked(30.0, positive())
     # TorchScript-trace the model (kept only if it matches eager mode); false serves it eagerly.
     jit: bool = True
-    # Open connections to the inference listener; beyond it new ones get 503 (memory stays bounded).
+    # Open connections to the inference listener. At the cap a new connection closes the one whose unfinished
+    # request head began first (slow clients do not lock out fresh ones); when all are busy it gets 503.
     max_connections: int = _checked(1024, positive())
-    # Connections silent this long (idle keep-alive, or a request stuck halfway) are closed.
+    # Connections idle this long between requests are closed.
     keepalive_s: float = _checked(15.0, positive())
+    # A request head (request line + headers) must arrive whole within this long, counted from the accept
+    # (first request) or from its first byte (later ones); else 408 and close. Dripping bytes do not extend it.
+    head_timeout_s: float = _checked(10.0, positive())
+    # The longest wait for the next bytes of a request body; else 408 and close.
+    body_timeout_s: float = _checked(10.0, positive())
+    # A longer request URL (path + query) is answered 414.
+    max_url_bytes: int = _checked(8192, positive())
+    # Request header lines over this many bytes together (names + values), or more than max_headers of them:
+    # answered 431.
+    max_header_bytes: int = _checked(16384, positive())
+    max_headers: int = _checked(100, positive())
     # Where the forward pass runs: auto = cuda when the host has a GPU, else cpu.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 

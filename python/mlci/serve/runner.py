@@ -120,6 +120,11 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
         max_body_bytes=s.max_body_bytes,
         max_connections=s.max_connections,
         keepalive_s=s.keepalive_s,
+        head_timeout_s=s.head_timeout_s,
+        body_timeout_s=s.body_timeout_s,
+        max_url_bytes=s.max_url_bytes,
+        max_header_bytes=s.max_header_bytes,
+        max_headers=s.max_headers,
         on_refused=lambda status: metrics.count("http", status),
     )
     management = _uvicorn(management_app(manager, mgmt_token), config)
