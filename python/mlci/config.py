@@ -151,6 +151,12 @@ class ServingConfig:
     max_headers: int = _checked(100, positive())
     # Where the forward pass runs: auto = cuda when the host has a GPU, else cpu.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # Model factories (`module:function`) an artifact's manifest may name; any other is refused before
+    # anything is imported. Empty: only the project's model.factory.
+    factories: list[str] = field(
+        default_factory=list,
+        metadata={"checks": ((lambda v: all(":" in f for f in v), "every entry must be 'module:function'"),)},
+    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,21 +55,32 @@ class LoadedModel:
         }
 
 
-def load(path: Path, *, warm_rows: tuple[int, ...] = (1, 64), jit: bool = True, device: str = "cpu") -> LoadedModel:
-    """Verify + load + smoke-test (+ trace) + warm an artifact directory. Raises ArtifactError with the reason."""
+def load(
+    path: Path,
+    *,
+    warm_rows: tuple[int, ...] = (1, 64),
+    jit: bool = True,
+    device: str = "cpu",
+    factories: Collection[str] | None = None,
+) -> LoadedModel:
+    """Verify + load + smoke-test (+ trace) + warm an artifact directory. Raises ArtifactError with the reason.
+
+    `factories`: the model factories allowed (None: any); another is refused before anything is imported."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise ArtifactError(f"{path}: not an artifact directory")
     try:
-        return _load(path, warm_rows, jit, device)
+        return _load(path, warm_rows, jit, device, factories)
     except ArtifactError:
         raise
     except Exception as exc:  # anything else a broken artifact can raise: refuse it, never crash the server
         raise ArtifactError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
 
 
-def _load(path: Path, warm_rows: tuple[int, ...], jit: bool, device: str) -> LoadedModel:
-    module, manifest = load_model(path, device=device)
+def _load(
+    path: Path, warm_rows: tuple[int, ...], jit: bool, device: str, factories: Collection[str] | None
+) -> LoadedModel:
+    module, manifest = load_model(path, device=device, factories=factories)
     try:
         sig = Signature.of(manifest)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -81,6 +93,48 @@ def _load(path: Path, warm_rows: tuple[int, ...], jit: bool, device: str) -> Loa
         for _ in range(3):
             model.predict(np.zeros((rows, sig.n_features), dtype=np.float32))
     return model
+
+
+_SIGNATURE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("model_name", ("model_name",)),
+    ("input.name", ("input", "name")),
+    ("input.shape", ("input", "shape")),
+    ("input.features", ("input", "features")),
+    ("output.name", ("output", "name")),
+    ("output.shape", ("output", "shape")),
+    ("output.classes", ("output", "classes")),
+)
+
+
+def check_same_signature(manifest: dict[str, Any], served: LoadedModel, path: Path) -> None:
+    """Raise ArtifactError naming each field where `manifest` differs from the served model's: its model name,
+    inputs (name, shape, features) or outputs (name, shape, classes). Clients of the served model would break."""
+    differences = []
+    for name, keys in _SIGNATURE_FIELDS:
+        new, old = _field(manifest, keys), _field(served.manifest, keys)
+        if new != old:
+            differences.append(f"{name} = {_short(new)} (served: {_short(old)})")
+    if differences:
+        raise ArtifactError(
+            f"{path}: its signature differs from the served model version {served.version}'s: "
+            f"{'; '.join(differences)}. Clients of the served model would break; load it with "
+            '"signature_change": true if that is intended'
+        )
+
+
+def _field(manifest: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = manifest
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    count = f" ({len(value)} items)" if isinstance(value, list | dict | str) else ""
+    return f"{text[: limit - 12]}...{text[-8:]}{count}"
 
 
 def _traced(

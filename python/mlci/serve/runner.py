@@ -100,7 +100,10 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
     )
     metrics = Metrics(s.model_name)
     device = _device(s.device, src)
-    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit, device=device)
+    factories = tuple(s.factories or [config.model.factory])
+    manager = ModelManager(
+        s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit, device=device, factories=factories
+    )
     manager.server_version = server_version
     await manager.load(artifact)  # an ArtifactError here stops the server before it listens
     # Everything alive now (torch, the model, the app) lives as long as the process: keep it out of the
