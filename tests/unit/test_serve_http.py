@@ -204,6 +204,20 @@ def test_too_many_headers_is_431(server: Server) -> None:
     assert b"serving.max_headers" in answers[0][2]
 
 
+def test_too_many_headers_are_431_before_the_head_ends(server: Server) -> None:
+    with socket.create_connection(_address(server), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nhost: t\r\n")
+        for i in range(1000):  # one header line per send; the head never ends
+            try:
+                sock.sendall(b"x-h%d: 1\r\n" % i)
+            except OSError:  # closed after its answer
+                break
+            time.sleep(0.002)
+        answers = _read_responses(sock, 1)
+    assert answers and answers[0][0] == 431, answers
+    assert b"serving.max_headers" in answers[0][2]
+
+
 def test_a_long_url_is_414(server: Server) -> None:
     answers = _exchange(server, b"GET /v2/models/" + b"a" * 9000 + b" HTTP/1.1\r\nhost: t\r\n\r\n")
     assert answers and answers[0][0] == 414, answers

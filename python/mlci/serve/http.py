@@ -43,18 +43,14 @@ LINGER_S = 2.0  # after a refusal, read and drop what the client still sends for
 JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_date_second = -1
-_date_line = b""
 
 
-def _date() -> bytes:
-    """The `date` header line, formatted once per second (answers within a second share it)."""
-    global _date_second, _date_line
-    now = int(time.time())
-    if now != _date_second:
-        _date_line = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
-        _date_second = now
-    return _date_line
+def _format_date(now: float) -> bytes:
+    return b"date: %s\r\n" % formatdate(int(now), usegmt=True).encode()
+
+
+# The `date` header line of every answer: formatted once a second by a running LeanServer (_tick_date).
+_date_line = _format_date(time.time())
 
 
 class _Refused(Exception):
@@ -118,7 +114,7 @@ def render(
     status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] | list, close: bool, length: int | None = None
 ) -> bytes:
     """A whole response; `length` overrides the body's (HEAD answers announce the GET body's length)."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")), _date()]
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")), _date_line]
     parts += [b"%s: %s\r\n" % (k, v) for k, v in headers if k not in (b"content-length", b"connection")]
     parts.append(b"content-length: %d\r\n" % (len(body) if length is None else length))
     if close:
@@ -139,8 +135,9 @@ class Connection(asyncio.Protocol):
         # When the request head now awaited began (the accept for the first one, then its first byte); None
         # between requests and while a body is read.
         self.head_since: float | None = self.last_active
-        self.head_bytes = 0  # header lines of the current head, as parsed
-        self.head_fed = 0  # bytes of chunks that began and ended inside the current head (parser-buffered)
+        self.chunk_bytes = 0  # size of the chunk being parsed
+        self.head_upper = 0  # at least the size of the current head so far (the chunks it spans)
+        self.head_fed = 0  # bytes of chunks that began and ended inside the current head (exactly head bytes)
         self.linger_until = 0.0  # > 0: refused, answered; dropping input until then
         self.peer: tuple[str, int] | None = None
         self._read_paused = False
@@ -173,7 +170,10 @@ class Connection(asyncio.Protocol):
         if self.transport is None or self._last_request_closes:
             return
         self.last_active = time.monotonic()
+        self.chunk_bytes = n = len(data)
         in_head = self.current if self.head_since is not None else None
+        if in_head is not None:
+            self.head_upper += n
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -186,10 +186,16 @@ class Connection(asyncio.Protocol):
                 self._fail(400, f"malformed HTTP request ({exc})")
             return
         if in_head is not None and self.current is in_head and self.head_since is not None:
-            # The whole chunk was head bytes the parser holds until a header line ends: bound them too.
-            self.head_fed += len(data)
-            if self.head_fed > self.server.max_url_bytes + self.server.max_header_bytes:
-                self._fail(431, f"request head: over serving.max_header_bytes ({self.server.max_header_bytes})")
+            # Still in the same head: the whole chunk was head bytes, some held by the parser until their
+            # header line ends. Bound them too, and what is parsed so far.
+            self.head_fed += n
+            server = self.server
+            try:
+                if self.head_fed > server.max_url_bytes + server.max_header_bytes:
+                    raise _Refused(431, f"request head: over serving.max_header_bytes ({server.max_header_bytes})")
+                self._check_head(in_head)
+            except _Refused as exc:
+                self._fail(exc.status, exc.message)
 
     def pause_writing(self) -> None:  # the client is not reading: stop reading its requests too
         self._write_paused = True
@@ -204,29 +210,29 @@ class Connection(asyncio.Protocol):
         self.current = Request()
         if self.head_since is None:
             self.head_since = self.last_active
-        self.head_bytes = self.head_fed = 0
+        self.head_upper = self.chunk_bytes
+        self.head_fed = 0
 
     def on_url(self, url: bytes) -> None:
-        r = self.current
-        assert r is not None
-        r.raw_url += url
-        if len(r.raw_url) > self.server.max_url_bytes:
-            raise _Refused(414, f"URL: over serving.max_url_bytes ({self.server.max_url_bytes})")
+        assert self.current is not None
+        self.current.raw_url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        r = self.current
-        assert r is not None
-        r.headers.append((name.lower(), value))
-        self.head_bytes += len(name) + len(value) + 4  # name: value\r\n
-        server = self.server
-        if self.head_bytes > server.max_header_bytes:
-            raise _Refused(431, f"request headers: over serving.max_header_bytes ({server.max_header_bytes})")
-        if len(r.headers) > server.max_headers:
-            raise _Refused(431, f"request headers: more than serving.max_headers ({server.max_headers})")
+        assert self.current is not None
+        self.current.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         r = self.current
         assert r is not None
+        server = self.server
+        # Cheap bounds first (a head that fits in its chunks cannot be over the byte limit); exact ones when
+        # they do not settle it. A _Refused raised here stops the parser (data_received answers it).
+        if (
+            self.head_upper > server.max_header_bytes
+            or len(r.raw_url) > server.max_url_bytes
+            or len(r.headers) > server.max_headers
+        ):
+            self._check_head(r)
         self.head_since = None
         if self.transport is None or self._last_request_closes:  # no requests after a closing one
             return
@@ -242,6 +248,16 @@ class Connection(asyncio.Protocol):
                 self.transport.write(_CONTINUE)
             else:  # after the answers to the requests before it (respond writes it)
                 r.expect_continue = True
+
+    def _check_head(self, r: Request) -> None:
+        """Raise _Refused when `r`'s head so far is over a limit: URL 414; header count or bytes 431."""
+        server = self.server
+        if len(r.raw_url) > server.max_url_bytes:
+            raise _Refused(414, f"URL: over serving.max_url_bytes ({server.max_url_bytes})")
+        if len(r.headers) > server.max_headers:
+            raise _Refused(431, f"request headers: more than serving.max_headers ({server.max_headers})")
+        if sum(len(k) + len(v) + 4 for k, v in r.headers) > server.max_header_bytes:  # name: value\r\n
+            raise _Refused(431, f"request headers: over serving.max_header_bytes ({server.max_header_bytes})")
 
     def on_body(self, chunk: bytes) -> None:
         r = self.current
@@ -440,12 +456,22 @@ class LeanServer:
         self._server: asyncio.Server | None = None
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._date_timer: asyncio.TimerHandle | None = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._sock = sock
         self._server = await loop.create_server(lambda: Connection(self), sock=sock, backlog=2048)
         self._sweeper = asyncio.ensure_future(self._sweep())
+        self._tick_date()
+
+    def _tick_date(self) -> None:
+        """Format the `date` header line now, and again just after the next second begins."""
+        global _date_line
+        now = time.time()
+        _date_line = _format_date(now)
+        if not self.stopping:
+            self._date_timer = asyncio.get_running_loop().call_later(1.0005 - now % 1.0, self._tick_date)
 
     async def _sweep(self) -> None:
         """Enforce every connection's deadlines (head, body read, keep-alive, lingering): one timer for all."""
@@ -499,6 +525,8 @@ class LeanServer:
             conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._date_timer is not None:
+            self._date_timer.cancel()
         if self._server is not None:
             await self._server.wait_closed()
 
