@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 FEATURES = [f"px_{r}_{c}" for r in range(8) for c in range(8)]
 
@@ -19,15 +20,18 @@ def build_artifact(
     model_name: str = "digits",
     features: Sequence[str] = FEATURES,
     classes: Sequence[object] = tuple(range(10)),
+    factory: str = "mlci.model:mlp",
+    params: dict[str, Any] | None = None,
 ):
-    """Package a seeded, untrained MLP under `root`; returns the ArtifactRef."""
+    """Package a seeded, untrained MLP (or `factory`'s model with `params`) under `root`; returns the ArtifactRef."""
     import torch
 
     from mlci.artifacts import package
     from mlci.model import build_model
 
     torch.manual_seed(seed)
-    model = build_model("mlci.model:mlp", {"hidden": list(hidden)}, len(features), len(classes))
+    params = {"hidden": list(hidden)} if params is None else params
+    model = build_model(factory, params, len(features), len(classes))
     gen = torch.Generator().manual_seed(seed)
     smoke = torch.randint(0, 17, (4, len(features)), generator=gen).float().tolist()
     return package(
@@ -36,8 +40,8 @@ def build_artifact(
         model_name=model_name,
         version=version,
         run_id=f"test-{version}-{seed}",
-        factory="mlci.model:mlp",
-        params={"hidden": list(hidden)},
+        factory=factory,
+        params=params,
         features=list(features),
         classes=list(classes),
         smoke_input=smoke,

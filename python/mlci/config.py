@@ -127,7 +127,7 @@ class ServingConfig:
     management_host: str = "127.0.0.1"
     management_port: int = _checked(8001, tcp_port())
     management_token_env: str = "MLCI_MANAGEMENT_TOKEN"
-    # torch intra-op threads for the forward pass (batches run on the event-loop thread).
+    # torch intra-op threads for the forward pass (see inline_forward_ms for where it runs).
     threads: int = _checked(1, positive())
     # On SIGTERM, in-flight requests get this long to finish before they are cancelled.
     graceful_timeout_s: float = _checked(30.0, positive())
@@ -151,6 +151,10 @@ class ServingConfig:
     max_headers: int = _checked(100, positive())
     # Where the forward pass runs: auto = cuda when the host has a GPU, else cpu.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # A model whose full-batch forward pass (measured at load) takes longer than this, and any GPU model, runs
+    # its forward passes in a worker thread (batching kept), so the event loop never waits on the model;
+    # shorter ones run on the event-loop thread (cheaper than the handoff). 0: always a worker thread.
+    inline_forward_ms: float = _checked(2.0, non_negative())
     # Model factories (`module:function`) an artifact's manifest may name; any other is refused before
     # anything is imported. Empty: only the project's model.factory.
     factories: list[str] = field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ class LoadedModel:
     classes: np.ndarray
     device: str = "cpu"
     loaded_at: float = field(default_factory=time.time)
+    forward_s: float = 0.0  # a full batch's forward pass, measured after the warm-up
+    # Set when forward passes must not run on the event-loop thread (a GPU model, or a slow one): the batcher
+    # runs them here, one at a time, while the loop keeps answering. Its thread ends when the model is dropped
+    # (the executor is garbage-collected) once the batches already handed to it are done.
+    executor: ThreadPoolExecutor | None = None
 
     @property
     def version(self) -> str:
@@ -52,6 +58,8 @@ class LoadedModel:
             "artifact": str(self.path),
             "run_id": self.manifest.get("run_id"),
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "forward_ms": round(self.forward_s * 1000, 3),
+            "forward_on": "worker thread" if self.executor is not None else "event loop",
         }
 
 
@@ -62,19 +70,25 @@ def load(
     jit: bool = True,
     device: str = "cpu",
     factories: Collection[str] | None = None,
+    inline_forward_s: float = 0.002,
 ) -> LoadedModel:
     """Verify + load + smoke-test (+ trace) + warm an artifact directory. Raises ArtifactError with the reason.
 
-    `factories`: the model factories allowed (None: any); another is refused before anything is imported."""
+    `factories`: the model factories allowed (None: any); another is refused before anything is imported.
+    A model whose full-batch forward pass takes longer than `inline_forward_s` (measured here), and any model
+    off the CPU, gets a worker thread for its forward passes (`executor`)."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise ArtifactError(f"{path}: not an artifact directory")
     try:
-        return _load(path, warm_rows, jit, device, factories)
+        model = _load(path, warm_rows, jit, device, factories)
     except ArtifactError:
         raise
     except Exception as exc:  # anything else a broken artifact can raise: refuse it, never crash the server
         raise ArtifactError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
+    if device != "cpu" or model.forward_s > inline_forward_s:
+        model.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-v{model.version}")
+    return model
 
 
 def _load(
@@ -92,6 +106,13 @@ def _load(
     for rows in sorted({1, 2, 3, *warm_rows}):  # first calls allocate and specialize: pay before traffic
         for _ in range(3):
             model.predict(np.zeros((rows, sig.n_features), dtype=np.float32))
+    full = np.zeros((max(warm_rows, default=1), sig.n_features), dtype=np.float32)
+    timings = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model.predict(full)
+        timings.append(time.perf_counter() - t0)
+    model.forward_s = sorted(timings)[1]  # the median of three
     return model
 
 

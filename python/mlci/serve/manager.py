@@ -36,6 +36,7 @@ class ModelManager:
         jit: bool = True,
         device: str = "cpu",
         factories: tuple[str, ...] | None = None,
+        inline_forward_s: float = 0.002,
     ) -> None:
         self.name = name
         self.metrics = metrics
@@ -43,6 +44,7 @@ class ModelManager:
         self.jit = jit
         self.device = device
         self.factories = factories  # the model factories a manifest may name (None: any)
+        self.inline_forward_s = inline_forward_s  # slower forward passes run in a worker thread
         self.current: LoadedModel | None = None
         self.previous: LoadedModel | None = None
         self.loading: str | None = None  # artifact path being loaded
@@ -101,7 +103,14 @@ class ModelManager:
     def _load(self, path: Path, served: LoadedModel | None, signature_change: bool) -> LoadedModel:
         if served is not None and not signature_change and path.is_dir():
             loaded.check_same_signature(read_manifest(path), served, path)  # before anything loads
-        return loaded.load(path, warm_rows=self.warm_rows, jit=self.jit, device=self.device, factories=self.factories)
+        return loaded.load(
+            path,
+            warm_rows=self.warm_rows,
+            jit=self.jit,
+            device=self.device,
+            factories=self.factories,
+            inline_forward_s=self.inline_forward_s,
+        )
 
     def rollback(self) -> dict[str, Any]:
         """Serve the previous model again (the current one becomes previous, so rollback toggles)."""

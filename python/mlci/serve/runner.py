@@ -102,7 +102,13 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
     device = _device(s.device, src)
     factories = tuple(s.factories or [config.model.factory])
     manager = ModelManager(
-        s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit, device=device, factories=factories
+        s.model_name,
+        metrics,
+        warm_rows=(1, s.max_batch_size),
+        jit=s.jit,
+        device=device,
+        factories=factories,
+        inline_forward_s=s.inline_forward_ms / 1000,
     )
     manager.server_version = server_version
     await manager.load(artifact)  # an ArtifactError here stops the server before it listens
