@@ -82,6 +82,7 @@ def load(
         raise ArtifactError(f"{path}: not an artifact directory")
     try:
         model = _load(path, warm_rows, jit, device, factories)
+        model.forward_s = _forward_seconds(model, max(warm_rows, default=1), inline_forward_s)
     except ArtifactError:
         raise
     except Exception as exc:  # anything else a broken artifact can raise: refuse it, never crash the server
@@ -106,26 +107,26 @@ def _load(
     for rows in sorted({1, 2, 3, *warm_rows}):  # first calls allocate and specialize: pay before traffic
         for _ in range(3):
             model.predict(np.zeros((rows, sig.n_features), dtype=np.float32))
-    model.forward_s = _forward_seconds(model, np.zeros((max(warm_rows, default=1), sig.n_features), np.float32))
     return model
 
 
-def _forward_seconds(model: LoadedModel, full: np.ndarray) -> float:
+def _forward_seconds(model: LoadedModel, rows: int, inline_forward_s: float) -> float:
     """The fastest of several full-batch passes, wall clock (what the event loop would wait for).
 
-    When even the fastest waited much longer than it computed (this thread's CPU time), a busy machine may
-    have held it up (or the model waits on a device or sleeps): look again a few times after short pauses,
-    so that a moment of contention at load does not send a fast model's passes to a worker thread."""
-    fastest = busy = float("inf")
+    One slower than `inline_forward_s` is measured again a few times after short pauses: a busy machine can
+    hold up every pass of a burst, and a moment of contention at load must not send a fast model's passes
+    to a worker thread for as long as it serves."""
+    full = np.zeros((rows, model.signature.n_features), dtype=np.float32)
+    fastest = float("inf")
     for attempt in range(4):
+        if attempt:
+            time.sleep(0.1)
         for _ in range(5 if attempt == 0 else 2):
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0 = time.perf_counter()
             model.predict(full)
             fastest = min(fastest, time.perf_counter() - t0)
-            busy = min(busy, time.thread_time() - c0)
-        if fastest <= 2 * busy + 0.0005:
+        if fastest <= inline_forward_s:
             break
-        time.sleep(0.05)
     return fastest
 
 
