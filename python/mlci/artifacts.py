@@ -173,9 +173,9 @@ def load_model(
 
     from mlci.model import build_model
 
+    if factories is not None:  # before the weights are even hashed
+        check_factory(read_manifest(path), factories, Path(path))
     manifest = verify(path)
-    if factories is not None:
-        check_factory(manifest, factories, Path(path))
     weights = Path(path) / manifest["weights"]["file"]
     n_features = int(manifest["input"]["shape"][-1])
     n_classes = int(manifest["output"]["shape"][-1])
