@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,30 @@ def verify(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_model(path: Path, *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Verify, then rebuild the model from the manifest and load the weights without pickle. eval() mode."""
+def check_factory(manifest: dict[str, Any], factories: Collection[str], path: Path) -> None:
+    """Raise ArtifactError unless the manifest's model factory is one of `factories` (nothing is imported)."""
+    factory = manifest["model"].get("factory") if isinstance(manifest["model"], dict) else None
+    if factory not in factories:
+        allowed = ", ".join(map(repr, factories)) or "none"
+        raise ArtifactError(
+            f"{path}: model.factory = {factory!r} is not a factory this server allows "
+            f"(serving.factories: {allowed}); refusing to import it"
+        )
+
+
+def load_model(
+    path: Path, *, device: str = "cpu", factories: Collection[str] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Verify, then rebuild the model from the manifest and load the weights without pickle. eval() mode.
+
+    `factories`: the model factories allowed (None: any); another is refused before anything is imported.
+    """
     from safetensors.torch import load_file
 
     from mlci.model import build_model
 
+    if factories is not None:  # before the weights are even hashed
+        check_factory(read_manifest(path), factories, Path(path))
     manifest = verify(path)
     weights = Path(path) / manifest["weights"]["file"]
     n_features = int(manifest["input"]["shape"][-1])

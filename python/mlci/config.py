@@ -130,18 +130,40 @@ class ServingConfig:
     management_host: str = "127.0.0.1"
     management_port: int = _checked(8001, tcp_port())
     management_token_env: str = "MLCI_MANAGEMENT_TOKEN"
-    # torch intra-op threads for the forward pass (batches run on the event-loop thread).
+    # torch intra-op threads for the forward pass (see inline_forward_ms for where it runs).
     threads: int = _checked(1, positive())
     # On SIGTERM, in-flight requests get this long to finish before they are cancelled.
     graceful_timeout_s: float = _checked(30.0, positive())
     # TorchScript-trace the model (kept only if it matches eager mode); false serves it eagerly.
     jit: bool = True
-    # Open connections to the inference listener; beyond it new ones get 503 (memory stays bounded).
+    # Open connections to the inference listener. At the cap a new connection closes the one whose unfinished
+    # request head began first (slow clients do not lock out fresh ones); when all are busy it gets 503.
     max_connections: int = _checked(1024, positive())
-    # Connections silent this long (idle keep-alive, or a request stuck halfway) are closed.
+    # Connections idle this long between requests are closed.
     keepalive_s: float = _checked(15.0, positive())
+    # A request head (request line + headers) must arrive whole within this long, counted from the accept
+    # (first request) or from its first byte (later ones); else 408 and close. Dripping bytes do not extend it.
+    head_timeout_s: float = _checked(10.0, positive())
+    # The longest wait for the next bytes of a request body; else 408 and close.
+    body_timeout_s: float = _checked(10.0, positive())
+    # A longer request URL (path + query) is answered 414.
+    max_url_bytes: int = _checked(8192, positive())
+    # Request header lines over this many bytes together (names + values), or more than max_headers of them:
+    # answered 431.
+    max_header_bytes: int = _checked(16384, positive())
+    max_headers: int = _checked(100, positive())
     # Where the forward pass runs: auto = cuda when the host has a GPU, else cpu.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # A model whose full-batch forward pass (measured at load) takes longer than this, and any GPU model, runs
+    # its forward passes in a worker thread (batching kept), so the event loop never waits on the model;
+    # shorter ones run on the event-loop thread (cheaper than the handoff). 0: always a worker thread.
+    inline_forward_ms: float = _checked(2.0, non_negative())
+    # Model factories (`module:function`) an artifact's manifest may name; any other is refused before
+    # anything is imported. Empty: only the project's model.factory.
+    factories: list[str] = field(
+        default_factory=list,
+        metadata={"checks": ((lambda v: all(":" in f for f in v), "every entry must be 'module:function'"),)},
+    )
 
 
 @dataclass(frozen=True)

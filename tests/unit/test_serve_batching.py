@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -117,3 +119,52 @@ def test_queue_depth_metric_returns_to_zero(n: int) -> None:
     batcher = make()
     run_requests(batcher, Doubler(), [1] * n)
     assert batcher.depth == 0 and batcher.metrics.queue_depth._value.get() == 0
+
+
+class SlowDoubler(Doubler):
+    """Doubler with a worker thread (as a slow or GPU LoadedModel has); its forward pass waits for `gate`."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(fail)
+        self.executor = ThreadPoolExecutor(max_workers=1)
+        self.gate = threading.Event()
+        self.threads: set[str] = set()
+        self.started: list[int] = []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        self.started.append(x.shape[0])
+        assert self.gate.wait(10)
+        return super().predict(x)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_model_with_a_worker_thread_leaves_the_loop_free_and_batches_what_waits(fail: bool) -> None:
+    model = SlowDoubler(fail=fail)
+
+    async def main():
+        batcher = make(max_rows=8)
+        loop = asyncio.get_running_loop()
+
+        def submit(rows: int) -> asyncio.Future:
+            fut = loop.create_future()
+            batcher.submit(model, np.full((rows, 2), 1.0, np.float32), lambda lo, err: fut.set_result((lo, err)))
+            return fut
+
+        first = submit(1)
+        await asyncio.sleep(0.05)  # the first forward pass is running (blocked on the gate) in its thread
+        assert model.started == [1] and not first.done()
+        later = [submit(2), submit(3)]  # the loop still runs: these queue for the next batch
+        await asyncio.sleep(0.05)
+        assert model.started == [1]
+        model.gate.set()
+        return await asyncio.wait_for(asyncio.gather(first, *later), 5)
+
+    answers = asyncio.run(main())
+    assert model.started == [1, 5]  # the two that waited shared one forward pass
+    assert model.threads and threading.current_thread().name not in model.threads
+    for (logits, error), rows in zip(answers, [1, 2, 3], strict=True):
+        if fail:
+            assert logits is None and isinstance(error, RuntimeError)
+        else:
+            assert error is None and logits.shape == (rows, 2) and (logits == 2.0).all()

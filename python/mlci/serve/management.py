@@ -2,8 +2,11 @@
 
     GET  /manage/status     {"model_name", "current": {...}, "previous": {...}|null, "loading", "last_error",
                             "server_version"}
-    POST /manage/load       {"artifact": "/path/to/artifact/dir", "sha256": optional} -> status (200);
-                            422 artifact refused (sha256 mismatch, smoke test failed, missing), 409 busy
+    POST /manage/load       {"artifact": "/path/to/artifact/dir", "sha256": optional,
+                             "signature_change": optional, default false} -> status (200);
+                            422 artifact refused (sha256 mismatch, smoke test failed, missing, a model name,
+                            inputs or outputs other than the served model's without "signature_change": true,
+                            a model factory not in serving.factories), 409 busy
     POST /manage/rollback   serve the previous model again -> status (200); 409 when there is none
 
 A bearer token (Authorization: Bearer ...) is required on every route when one is configured.
@@ -43,8 +46,11 @@ def management_app(manager: ModelManager, token: bytes | None) -> Any:
         sha256 = body.get("sha256")
         if sha256 is not None and type(sha256) is not str:
             return _json({"error": f"sha256: must be a string, got {sha256!r}"}, 400)
+        signature_change = body.get("signature_change", False)
+        if type(signature_change) is not bool:
+            return _json({"error": f"signature_change: must be true or false, got {signature_change!r}"}, 400)
         try:
-            return _json(await manager.load(body["artifact"], sha256=sha256))
+            return _json(await manager.load(body["artifact"], sha256=sha256, signature_change=signature_change))
         except SwapBusy as exc:
             return _json({"error": str(exc)}, 409)
         except ArtifactError as exc:

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mlci.artifacts import read_manifest
 from mlci.errors import ArtifactError
 from mlci.serve import loaded
 from mlci.serve.loaded import LoadedModel
@@ -34,12 +35,16 @@ class ModelManager:
         warm_rows: tuple[int, ...] = (1, 64),
         jit: bool = True,
         device: str = "cpu",
+        factories: tuple[str, ...] | None = None,
+        inline_forward_s: float = 0.002,
     ) -> None:
         self.name = name
         self.metrics = metrics
         self.warm_rows = warm_rows
         self.jit = jit
         self.device = device
+        self.factories = factories  # the model factories a manifest may name (None: any)
+        self.inline_forward_s = inline_forward_s  # slower forward passes run in a worker thread
         self.current: LoadedModel | None = None
         self.previous: LoadedModel | None = None
         self.loading: str | None = None  # artifact path being loaded
@@ -58,15 +63,17 @@ class ModelManager:
     def versions(self) -> list[str]:
         return [m.version for m in (self.current, self.previous) if m is not None]
 
-    async def load(self, path: Path, *, sha256: str | None = None) -> dict[str, Any]:
-        """Load, warm and smoke-test `path` beside the current model, then make it current."""
+    async def load(self, path: Path, *, sha256: str | None = None, signature_change: bool = False) -> dict[str, Any]:
+        """Load, warm and smoke-test `path` beside the current model, then make it current.
+
+        Refused (ArtifactError) when the artifact's model name, inputs or outputs differ from the current
+        model's, unless `signature_change` says that is intended; and when its model factory is not allowed."""
         if self.loading is not None:
             raise SwapBusy(f"already loading {self.loading}")
         self.loading = str(path)
+        served = self.current
         try:
-            model = await asyncio.to_thread(
-                loaded.load, Path(path), warm_rows=self.warm_rows, jit=self.jit, device=self.device
-            )
+            model = await asyncio.to_thread(self._load, Path(path), served, signature_change)
             if sha256 is not None and model.sha256 != sha256:
                 raise ArtifactError(f"{path}: weights sha256 {model.sha256} is not the expected {sha256}")
             same = self.get(model.version)
@@ -92,6 +99,18 @@ class ModelManager:
         previous = self.previous.version if self.previous else "none"
         log.info("serving %s version %s from %s (previous: %s)", self.name, model.version, model.path, previous)
         return self.status()
+
+    def _load(self, path: Path, served: LoadedModel | None, signature_change: bool) -> LoadedModel:
+        if served is not None and not signature_change and path.is_dir():
+            loaded.check_same_signature(read_manifest(path), served, path)  # before anything loads
+        return loaded.load(
+            path,
+            warm_rows=self.warm_rows,
+            jit=self.jit,
+            device=self.device,
+            factories=self.factories,
+            inline_forward_s=self.inline_forward_s,
+        )
 
     def rollback(self) -> dict[str, Any]:
         """Serve the previous model again (the current one becomes previous, so rollback toggles)."""

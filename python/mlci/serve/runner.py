@@ -100,7 +100,16 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
     )
     metrics = Metrics(s.model_name)
     device = _device(s.device, src)
-    manager = ModelManager(s.model_name, metrics, warm_rows=(1, s.max_batch_size), jit=s.jit, device=device)
+    factories = tuple(s.factories or [config.model.factory])
+    manager = ModelManager(
+        s.model_name,
+        metrics,
+        warm_rows=(1, s.max_batch_size),
+        jit=s.jit,
+        device=device,
+        factories=factories,
+        inline_forward_s=s.inline_forward_ms / 1000,
+    )
     manager.server_version = server_version
     await manager.load(artifact)  # an ArtifactError here stops the server before it listens
     # Everything alive now (torch, the model, the app) lives as long as the process: keep it out of the
@@ -120,6 +129,11 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
         max_body_bytes=s.max_body_bytes,
         max_connections=s.max_connections,
         keepalive_s=s.keepalive_s,
+        head_timeout_s=s.head_timeout_s,
+        body_timeout_s=s.body_timeout_s,
+        max_url_bytes=s.max_url_bytes,
+        max_header_bytes=s.max_header_bytes,
+        max_headers=s.max_headers,
         on_refused=lambda status: metrics.count("http", status),
     )
     management = _uvicorn(management_app(manager, mgmt_token), config)
