@@ -64,9 +64,11 @@ def test_no_completed_request_fails_the_latency_checks_and_the_error_ratio() -> 
 
 
 def test_champion_comparison_fails_skips_with_the_reason_or_is_disabled() -> None:
-    checks = slo.evaluate(figures(p95_ms=16), SLO, champion_p95_ms=10.0, champion_note="")
+    checks = slo.evaluate(figures(p95_ms=17), SLO, champion_p95_ms=10.0, champion_note="")
     (check,) = slo.failed(checks)
-    assert check.describe() == "p95_vs_champion = 16, limit <= 15: FAILED (1.5 x the champion's p95 of 10 ms)"
+    assert check.describe() == (
+        "p95_vs_champion = 17, limit <= 16: FAILED (1.5 x the champion's p95 of 10 ms, + 1 ms of Locust's resolution)"
+    )
     skipped = slo.evaluate(figures(), SLO, None, "the registry has no champion")[-1]
     assert (skipped.skipped, skipped.note) == (True, "the registry has no champion")
     off = LoadtestConfig(**{**SLO.__dict__, "max_p95_vs_champion": 0.0})
@@ -117,3 +119,13 @@ def test_the_locustfile_refuses_to_be_imported_into_mlci(monkeypatch: pytest.Mon
     with pytest.raises(ImportError, match="never imported"):
         importlib.import_module("mlci.loadtest.locustfile")
     assert "gevent.monkey" not in sys.modules or not sys.modules["gevent.monkey"].is_module_patched("socket")
+
+
+def test_champion_comparison_allows_one_step_of_locusts_rounding_and_no_more() -> None:
+    # Locust rounds to whole ms below 100 ms: a 1 ms champion and the same model measured at 2 ms must pass.
+    same = slo.evaluate(figures(p95_ms=2), SLO, champion_p95_ms=1.0, champion_note="")[-1]
+    assert (same.name, same.passed, same.limit) == ("p95_vs_champion", True, 2.5)
+    slower = slo.evaluate(figures(p95_ms=3), SLO, champion_p95_ms=1.0, champion_note="")[-1]
+    assert slower.passed is False  # three times the champion is a regression, rounding or not
+    # Coarser steps above 100 ms and 1 s, as Locust's own.
+    assert [slo.resolution_ms(v) for v in (99, 100, 999, 1000)] == [1, 10, 10, 100]
