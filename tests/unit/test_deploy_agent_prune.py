@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mlci.deploy import agent
-
-ROOT = Path(__file__).resolve().parents[2]
-READY = re.compile(r"^mlci serve ready (\{.*\})$", re.M)
+from serve_process import serving
 
 
 def _deliver(root: Path, artifact, age_s: float) -> str:
@@ -65,18 +63,9 @@ def test_prune_never_removes_the_models_a_running_server_has_loaded(make_artifac
     second = _deliver(root, make_artifact(version=2, seed=2), age_s=900)
     newer = [_plain_folder(root, f"{i:064x}", age_s=10 * (i + 1)) for i in range(3)]
     agent.point_current(root, first)
-    port, mport = _free_port(), _free_port()
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "mlci", "serve", "--config", str(ROOT / "mlci.toml"),
-           "--artifact", str(root / "artifacts" / "current"), f"serving.port={port}",
-           f"serving.management_port={mport}"]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while not READY.search(log.read_text(errors="replace")):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+    with serving(root / "artifacts" / "current", tmp_path / "serve") as server:
+        mport = urlsplit(server.management_url).port
+        assert mport is not None
         swapped = agent.swap(root, second, mport)  # the server now has second loaded, first as its previous
         assert swapped["changed"] and swapped["previous_sha256"] == first
         status = json.loads(subprocess.run(
@@ -86,9 +75,6 @@ def test_prune_never_removes_the_models_a_running_server_has_loaded(make_artifac
         assert (status["current"]["sha256"], status["previous"]["sha256"]) == (second, first)
 
         out = agent.prune(root, keep=1, port=mport)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     # The two oldest folders are the loaded models: they stay; of the rest only the newest is kept.
     assert _left(root) == {first, second, newer[0]}
     assert sorted(out["removed"]) == sorted(newer[1:])
