@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlci import data, runkey
+from mlci import dashboard, data, runkey
 from mlci.config import Config, load_config
 from mlci.evaluate import evaluate_run
 from mlci.registry import Registry
@@ -62,7 +62,8 @@ def fill(where: Path) -> Filled:
     second = one("train.seed=2")
     third = one("train.seed=3", "gates.min_accuracy=0.999")
     config = load_config(where / "mlci.toml", SHORT)
-    with Registry(config.path(config.registry.path)) as registry:
+    # As a deploy and a rollback do: the dashboard is rewritten when they end.
+    with dashboard.rewritten(config), Registry(config.path(config.registry.path)) as registry:
         gates = registry.latest_evaluation(second)["results"]["gates"]  # type: ignore[index]
         registry.promote(second, evidence={"env": "local", "gates": gates}, hosts=["localhost"], outcome="promoted")
         registry.record(third, evidence={"env": "local", "reason": evil}, hosts=[], outcome="refused")

@@ -137,7 +137,9 @@ def _plot(config: Config, folder: Path, runs: list[RunSummary]) -> str | None:
     target = folder / PLOT
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        drawn = plots.over_runs(Path(tmp) / "plot.png", series, limits, title="gate metrics (bars: intervals)")
+        drawn = plots.over_runs(
+            Path(tmp) / "plot.png", series, limits, title="gate metrics (bars: intervals; dashed: gates now)"
+        )
         if drawn is None:
             target.unlink(missing_ok=True)
             return None
