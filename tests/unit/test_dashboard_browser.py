@@ -12,12 +12,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.conftest import under_ci
+from tests.runs_registry import Filled, fill
 
-from conftest import under_ci
 from mlci import dashboard
 from mlci.errors import GateFailed
 from mlci.registry import Registry
-from runs_registry import Filled, fill
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from runs_registry import Filled, fill
+from tests.runs_registry import Filled, fill
 
 pytestmark = pytest.mark.slow
 
