@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -16,11 +18,10 @@ from tests.conftest import under_ci
 from tests.runs_registry import Filled, fill
 
 from mlci import dashboard
-from mlci.errors import GateFailed
-from mlci.registry import Registry
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -127,10 +128,14 @@ def test_each_run_link_opens_that_runs_report(browser, site: str) -> None:
 
 
 def test_a_refused_deploy_rewrites_the_dashboard_with_its_reason(filled: Filled) -> None:
-    config = filled.config
-    page = config.path(config.registry.reports) / dashboard.INDEX
-    with pytest.raises(GateFailed), dashboard.rewritten(config):
-        with Registry(config.path(config.registry.path)) as registry:
-            registry.record("r0002", evidence={"reason": "the canary's p95 was 90 ms"}, hosts=["h1"], outcome="failed")
-        raise GateFailed("deploy stopped")
-    assert "the canary&#x27;s p95 was 90 ms" in page.read_text()
+    page = filled.config.path(filled.config.registry.reports) / dashboard.INDEX
+    before = page.read_text().count("class='refused'")
+    out = subprocess.run(
+        [sys.executable, "-m", "mlci", "deploy", "--run", "r0003", "--config", str(filled.config_path),
+         f"deploy.inventory={ROOT / 'inventories/local'}"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1 and "refused" in out.stderr  # refused before anything is delivered
+    text = page.read_text()
+    assert text.count("class='refused'") == before + 1
+    assert "run r0003 failed its gates (min_accuracy)" in text
