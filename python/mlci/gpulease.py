@@ -1,9 +1,9 @@
 """GPU leases: a job takes k free GPUs of this host for its whole life, and no other job gets them meanwhile.
 
 A lease is an exclusive `flock` on one file per GPU (`gpu-<uuid>.lock` in the lease directory). The lock
-belongs to the open file, which the job inherits across `exec`: it is held exactly as long as the job (or a
-child it left running) lives, and the kernel drops it when the last holder exits, however it exits (SIGKILL
-included). Nothing has to clean up after a killed job. The file's text (pid, command, time) only says who
+belongs to the open file, which the job inherits across `exec`: it is held as long as the job's process (or a
+child that kept the descriptor) lives, and the kernel drops it when the last holder exits, however it exits
+(SIGKILL included). Nothing has to clean up after a killed job. The file's text (pid, command, time) only says who
 holds it.
 
 GPUs come from `nvidia-smi --query-gpu=...`; among the free ones the least used (memory, then utilisation)
