@@ -23,6 +23,7 @@ from mlci.registry import LedgerEntry, Registry
 
 INDEX = "index.html"
 PLOT = Path("dashboard") / "gate-metrics.png"  # beside the run folders (r0001/ ...), never one of them
+PLOTTED = 100  # the newest evaluated runs in the plot (the table lists every run)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
@@ -56,7 +57,7 @@ def write(config: Config, registry: Registry) -> Path:
         + f". Updated {_e(_now())}.</p>",
         "<h2>Runs (newest first)</h2>",
         _runs_table(folder, runs),
-        "<h2>Gate metrics over runs</h2>",
+        f"<h2>Gate metrics over runs (the newest {PLOTTED} evaluated)</h2>",
         f"<p><img id='gate-metrics' alt='gate metrics over runs' src='{_e(plot)}'></p>"
         if plot
         else "<p>No run has been evaluated yet.</p>",
@@ -130,7 +131,7 @@ def _ledger_table(ledger: list[LedgerEntry]) -> str:
 def _plot(config: Config, folder: Path, runs: list[RunSummary]) -> str | None:
     """Draw the gate metrics of evaluated runs, oldest first; the src to use (with a content version, so a
     browser never shows a stale cached plot), or None when there is nothing to draw."""
-    ordered = [s for s in reversed(runs) if s.metrics]
+    ordered = [s for s in reversed(runs) if s.metrics][-PLOTTED:]
     series = {label: [(s.id, e.point, e.low, e.high) for s in ordered if (e := s.metrics.get(label))]
               for label in ("accuracy", "macro-F1")}  # fmt: skip
     limits = {"accuracy": config.gates.min_accuracy, "macro-F1": config.gates.min_macro_f1}

@@ -88,7 +88,7 @@ def over_runs(
     plt = _pyplot()
     runs = list(dict.fromkeys(p[0] for points in series.values() for p in points))  # callers give run order
     x = {run: i for i, run in enumerate(runs)}
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(runs)), 3.6))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.4, 0.2 * len(runs))), 3.6))
     try:
         for name, points in series.items():
             xs = [x[p[0]] for p in points]
@@ -98,7 +98,9 @@ def over_runs(
             line = ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=name)
             if name in limits:
                 ax.axhline(limits[name], linestyle="--", color=line[0].get_color(), label=f"{name} gate")
-        ax.set_xticks(range(len(runs)), runs, rotation=90 if len(runs) > 12 else 0)
+        every = -(-len(runs) // 24)  # at most 24 labels, however many runs
+        shown = range(len(runs) - 1, -1, -every)[::-1]  # always label the newest
+        ax.set_xticks(list(shown), [runs[i] for i in shown], rotation=90 if len(shown) > 12 else 0)
         ax.set_xlabel("run")
         ax.set_title(title)
         ax.grid(alpha=0.3)
