@@ -109,6 +109,12 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """This checkout against a base git revision (-- origin/main): a markdown pull-request comment."""
+    _mlci(session, "compare")
+
+
+@nox.session(default=False)
 def serve(session: nox.Session) -> None:
     """Serve the champion (or a given artifact) over the Open Inference Protocol."""
     _mlci(session, "serve")

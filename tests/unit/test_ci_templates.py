@@ -14,11 +14,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Sessions the templates may name before this checkout defines them, each with where it comes from.
-PENDING_SESSIONS = {
-    "compare": "the pull-request comparison (issue 11, point 6) adds `nox -s compare -- <base rev>`",
-}
-
 NOX = re.compile(r"^python3 -m nox -s (?P<sessions>[a-z_]+(?: [a-z_]+)*)(?: -- (?P<args>.+))?$")
 
 
@@ -39,7 +34,7 @@ def noxfile_sessions() -> set[str]:
 
 def assert_nox_only(commands: list[str], where: str) -> set[str]:
     """Every command is one nox call of known sessions; returns the sessions named."""
-    known = noxfile_sessions() | set(PENDING_SESSIONS)
+    known = noxfile_sessions()
     used: set[str] = set()
     assert commands, f"{where}: no commands at all"
     for command in commands:
@@ -53,9 +48,8 @@ def assert_nox_only(commands: list[str], where: str) -> set[str]:
 
 def test_the_session_list_comes_from_the_noxfile() -> None:
     sessions = noxfile_sessions()
-    assert {"train", "periodic", "deploy", "runs", "tests"} <= sessions
+    assert {"train", "periodic", "deploy", "runs", "compare", "tests"} <= sessions
     assert "_mlci" not in sessions and "_environment" not in sessions
-    assert not set(PENDING_SESSIONS) & {"train", "periodic"}
 
 
 # --- GitLab ----------------------------------------------------------------------------------------------
