@@ -2,6 +2,7 @@
 
     python3 bench/serve.py [--duration 5] [--artifact DIR]
     python3 bench/serve.py --workers 1,2,4 [--duration 5]
+    python3 bench/serve.py --rows 64 [--duration 5]
 
 (a) naive (bench/serve_naive.py): what a user writes without mlci: a FastAPI app with a pydantic body and a
     sync `def` endpoint that runs one torch forward per request (FastAPI runs it in its thread pool).
@@ -14,6 +15,8 @@ wall-clock figures on a busy machine) per server and concurrency, and mlci's rat
 --workers: mlci only, at c=64, once per serving.workers value, with wrk pinned to a core of its own and the
 server to the others (taskset); prints requests/s per worker count, the ratio to one worker and the cores
 each side had. N workers should reach 0.8 x N x one worker's throughput when the server has N cores.
+--rows N: mlci only, at c=64, requests of N rows sent as JSON and as binary tensor data (what tritonclient
+sends); prints both and the ratio: big inputs should not pay for JSON.
 Targets (2-core machine, client on the same machine): c=64 >= 10x naive RPS with p99 <= 20 ms; c=1
 p50 <= 0.3 ms. Timings on a shared machine are noisy: compare ratios from one run, not runs.
 """
@@ -157,6 +160,23 @@ def _lua(body: str, folder: Path) -> Path:
     return path
 
 
+def _binary_lua(row: list[float], rows: int, folder: Path) -> Path:
+    """A wrk script posting `rows` copies of `row` as binary tensor data (JSON request, then the FP32 bytes)."""
+    import numpy as np
+
+    blob = np.array([row] * rows, dtype="<f4").tobytes()
+    params = {"binary_data_size": len(blob)}
+    head = {"inputs": [{"name": "input", "shape": [rows, len(row)], "datatype": "FP32", "parameters": params}]}
+    header = json.dumps(head).encode()
+    body = "".join(f"\\{b}" for b in header + blob)  # Lua decimal escapes: any byte
+    path = folder / "post-binary.lua"
+    path.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
+        f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\nwrk.body = "{body}"\n'
+    )
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default %(default)s)")
@@ -165,6 +185,7 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "mlci.toml"))
     ap.add_argument("--only", choices=["naive", "mlci"], help="run one server only")
     ap.add_argument("--workers", help="comma-separated serving.workers values to compare (mlci only, c=64)")
+    ap.add_argument("--rows", type=int, default=1, help="> 1: compare N-row requests in JSON and in binary")
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides for mlci serve")
     args = ap.parse_args()
 
@@ -179,6 +200,10 @@ def main() -> int:
         lua = _lua(json.dumps(body), tmp)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
+        if args.rows > 1:
+            json_lua = _lua(json.dumps(_rows_body(row, args.rows)), tmp)
+            _json_vs_binary(artifact, json_lua, _binary_lua(row, args.rows, tmp), args, env, tmp)
+            return 0
         if args.workers:
             counts = [int(n) for n in args.workers.split(",")]
             _scaling(counts, artifact, lua, args, env, tmp)
@@ -228,6 +253,34 @@ def _mlci_cmd(artifact: Path, config: str, port: int | str, overrides: list[str]
         sys.executable, "-m", "mlci", "serve", "--artifact", str(artifact), "--config", config,
         f"serving.port={port}", "serving.management_port=0", *overrides,
     ]  # fmt: skip
+
+
+def _rows_body(row: list[float], rows: int) -> dict:
+    return {"inputs": [{"name": "input", "shape": [rows, len(row)], "datatype": "FP32", "data": row * rows}]}
+
+
+def _json_vs_binary(artifact: Path, json_lua: Path, binary_lua: Path, args: argparse.Namespace, env: dict, tmp: Path):
+    port = _free_port()
+    with open(tmp / "rows.log", "wb") as out:
+        proc = subprocess.Popen(
+            _mlci_cmd(artifact, args.config, port, args.overrides), env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc, timeout=180)
+        url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
+        results = {}
+        for name, lua in (("JSON", json_lua), ("binary", binary_lua)):
+            if args.warmup:
+                wrk(url, lua, 64, args.warmup, proc.pid)
+            results[name] = r = wrk(url, lua, 64, args.duration, proc.pid)
+            print(
+                f"{name:>6} {args.rows} rows c=64 {r['rps']:>8.0f} RPS  p50 {r['p50_ms']:>7.3f} ms  "
+                f"p99 {r['p99_ms']:>7.3f} ms  server CPU {r['cpu_us']:>6.0f} us/request  non-2xx {r['non_2xx']}",
+                flush=True,
+            )
+    finally:
+        _stop(proc)
+    print(f"binary / JSON throughput: {results['binary']['rps'] / results['JSON']['rps']:.1f}x")
 
 
 def _scaling(counts: list[int], artifact: Path, lua: Path, args: argparse.Namespace, env: dict, tmp: Path) -> None:
