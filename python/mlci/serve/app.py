@@ -183,7 +183,11 @@ def _routes(app: InferenceApp) -> Any:
         return _json({"name": manager.name, "version": model.version, "ready": True})
 
     async def metrics(request: StarletteRequest) -> Response:
-        return Response(app.metrics.render(), media_type=app.metrics.content_type)
+        try:
+            text = await app.metrics.exposition()
+        except TimeoutError:  # worker processes: one did not answer in time
+            return _json({"error": "metrics: not every worker process answered; retry"}, 503)
+        return Response(text, media_type=app.metrics.content_type)
 
     async def http_error(request: StarletteRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

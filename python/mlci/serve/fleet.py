@@ -5,7 +5,7 @@ no other program takes it), starts the workers (each listens on that port with S
 spreads connections over them) and serves the one management API. A hot swap reaches every worker or none:
 `prepare` in all (load, warm, smoke test beside the current model), then `commit` in all when every one
 succeeded, else `abort` in all; the API answers 200 once every worker has flipped. Rollback flips all.
-/metrics (any worker) sums over workers through prometheus_client's multiprocess mode.
+/metrics (any worker) sums over workers: that worker asks the supervisor, which gathers every worker's samples.
 
 SIGTERM/SIGINT: every worker drains (a second signal: they stop at once), then the supervisor exits. A worker
 that dies stops the whole server (exit 1): the process manager restarts it with every worker on one model.
@@ -18,11 +18,8 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
-import os
-import shutil
 import signal
 import socket
-import tempfile
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -50,8 +47,9 @@ class WorkerError(MlciError):
 class _Worker:
     """One worker process and its pipe: commands out, answers matched by id."""
 
-    def __init__(self, index: int, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, index: int, process: BaseProcess, conn: Connection, fleet: Fleet) -> None:
         self.index = index
+        self.fleet = fleet
         self.process = process
         self.conn = conn
         self.ids = itertools.count(1)
@@ -64,6 +62,11 @@ class _Worker:
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
             self._fail_all(WorkerError(f"worker {self.index} (pid {self.process.pid}) exited"))
+            return
+        if kind == "collect":  # this worker answers /metrics: it wants every worker's samples
+            task = asyncio.ensure_future(self.fleet.collect(self, rid))
+            self.fleet.tasks.add(task)
+            task.add_done_callback(self.fleet.tasks.discard)
             return
         future = self.waiting.pop(rid, None)
         if future is not None and not future.done():
@@ -108,6 +111,10 @@ class Fleet:
         self.loading: str | None = None
         self.last_error: str | None = None
         self._status = status  # worker 0's after the last change (the workers flip together)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        self._status = status
 
     def status(self) -> dict[str, Any]:
         return {**self._status, "loading": self.loading, "last_error": self.last_error, "workers": len(self.workers)}
@@ -137,6 +144,13 @@ class Fleet:
             return self.status()
         finally:
             self.loading = None
+
+    async def collect(self, requester: _Worker, rid: int) -> None:
+        """Answer a worker's `collect`: every worker's metric samples (a worker that fails to answer is left out)."""
+        answers = await asyncio.gather(*(w.ask("samples") for w in self.workers), return_exceptions=True)
+        samples = [a[1] for a in answers if isinstance(a, tuple) and a[0] == "ok"]
+        with contextlib.suppress(OSError, ValueError):
+            requester.conn.send((rid, "collected", samples))
 
     async def rollback(self) -> dict[str, Any]:
         if self._status.get("previous") is None:
@@ -185,11 +199,10 @@ async def _supervise(
     pin = _pin_port(s.host, s.port, src)
     port = pin.getsockname()[1]
     msock = runner.listen(s.management_host, s.management_port, "serving.management_port", src)
-    metrics_dir = tempfile.mkdtemp(prefix="mlci-serve-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client when a worker imports it
     wconfig = _with_port(config, port)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or event-loop state
     workers: list[_Worker] = []
+    fleet = Fleet(s.model_name, workers, {})
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     signals = 0
@@ -220,14 +233,14 @@ async def _supervise(
             parent, child = ctx.Pipe()
             process = ctx.Process(
                 target=worker.main,
-                args=(wconfig, str(artifact), child, i, server_version, metrics_dir),
+                args=(wconfig, str(artifact), child, i, server_version),
                 name=f"mlci-serve-worker-{i}",
             )
             process.start()
             child.close()
-            workers.append(_Worker(i, process, parent))
+            workers.append(_Worker(i, process, parent, fleet))
         statuses = await asyncio.gather(*(w.ready() for w in workers))
-        fleet = Fleet(s.model_name, workers, statuses[0])
+        fleet.set_status(statuses[0])
         management = runner.uvicorn_server(management_app(fleet, mgmt_token), config)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
@@ -269,7 +282,6 @@ async def _supervise(
             w.close()
         pin.close()
         msock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _wait_exit(workers: list[_Worker], timeout: float) -> None:

@@ -4,8 +4,10 @@ on the shared port (SO_REUSEPORT), driven by the supervisor (serve/fleet.py) thr
 Messages from the supervisor are `(id, op, *args)`; every answer is `(id, kind, payload)` with kind "ok",
 "refused" (ArtifactError), "busy" (a load in progress) or "failed". Ops: prepare (load, warm, smoke-test beside
 the current model, not serving yet), commit (serve what was prepared), abort (drop it), rollback, status,
-drain (graceful stop) and force (stop waiting for in-flight requests). The first message a worker sends is
-`(0, "ready", status)` or, when it cannot start, `(0, "error", (exit_code, message))`.
+samples (this worker's metrics), drain (graceful stop) and force (stop waiting for in-flight requests). The
+first message a worker sends is `(0, "ready", status)` or, when it cannot start, `(0, "error", (exit_code,
+message))`. For /metrics a worker asks the other way: `(id, "collect", None)`, answered by
+`(id, "collected", [every worker's samples])`.
 
 SIGINT is ignored (Ctrl-C reaches the supervisor, which drains the workers); SIGTERM (systemd signals every
 process of the unit) drains, a second one stops at once. A closed pipe (the supervisor died) drains too.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import sys
@@ -27,9 +30,10 @@ from mlci.errors import ArtifactError, MlciError
 from mlci.serve.manager import SwapBusy
 
 log = logging.getLogger("mlci.serve")
+COLLECT_TIMEOUT_S = 5.0  # /metrics waits this long for the other workers' samples
 
 
-def main(config: Config, artifact: str, conn: Connection, index: int, server_version: str, metrics_dir: str) -> None:
+def main(config: Config, artifact: str, conn: Connection, index: int, server_version: str) -> None:
     """The worker process's entry (multiprocessing, spawn)."""
     import uvloop
 
@@ -38,18 +42,18 @@ def main(config: Config, artifact: str, conn: Connection, index: int, server_ver
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s"
     )
     try:
-        uvloop.run(_serve(config, Path(artifact), conn, server_version, metrics_dir))
+        uvloop.run(_serve(config, Path(artifact), conn, server_version))
     except MlciError as exc:
         conn.send((0, "error", (exc.exit_code, str(exc))))
         sys.exit(exc.exit_code)
 
 
-async def _serve(config: Config, artifact: Path, conn: Connection, server_version: str, metrics_dir: str) -> None:
+async def _serve(config: Config, artifact: Path, conn: Connection, server_version: str) -> None:
     from mlci.serve import runner
     from mlci.serve.metrics import Metrics
 
     s = config.serving
-    metrics = Metrics(s.model_name, multiprocess_dir=metrics_dir)
+    metrics = Metrics(s.model_name)
     manager = runner.new_manager(config, metrics, server_version)
     await manager.load(artifact)
     runner.freeze_gc()
@@ -66,7 +70,8 @@ async def _serve(config: Config, artifact: Path, conn: Connection, server_versio
 
     loop.add_signal_handler(signal.SIGTERM, lambda: stop(stopped.is_set()))  # a second SIGTERM: at once
     await lean.start(sock)
-    channel = _Channel(conn, manager, stop)
+    channel = _Channel(conn, manager, metrics, stop)
+    metrics.gather = channel.collect
     loop.add_reader(conn.fileno(), channel.readable)
     conn.send((0, "ready", manager.status()))
     try:
@@ -81,12 +86,25 @@ async def _serve(config: Config, artifact: Path, conn: Connection, server_versio
 class _Channel:
     """The supervisor's commands, each answered on the pipe when done (a load runs while others are answered)."""
 
-    def __init__(self, conn: Connection, manager: Any, stop: Any) -> None:
+    def __init__(self, conn: Connection, manager: Any, metrics: Any, stop: Any) -> None:
         self.conn = conn
         self.manager = manager
+        self.metrics = metrics
         self.stop = stop
         self.prepared: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.collecting: dict[int, asyncio.Future[Any]] = {}
+        self.ids = itertools.count(1)
+
+    async def collect(self) -> Any:
+        """Every worker's metric samples, through the supervisor."""
+        rid = next(self.ids)
+        future = self.collecting[rid] = asyncio.get_running_loop().create_future()
+        try:
+            self.conn.send((rid, "collect", None))
+            return await asyncio.wait_for(future, COLLECT_TIMEOUT_S)
+        finally:
+            self.collecting.pop(rid, None)
 
     def readable(self) -> None:
         try:
@@ -95,6 +113,11 @@ class _Channel:
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
             log.warning("supervisor gone: draining")
             self.stop(False)
+            return
+        if message[1] == "collected":  # the answer to this worker's own `collect`
+            future = self.collecting.get(message[0])
+            if future is not None and not future.done():
+                future.set_result(message[2])
             return
         task = asyncio.ensure_future(self.handle(message))
         self.tasks.add(task)
@@ -118,6 +141,8 @@ class _Channel:
                 reply = ("ok", manager.rollback())
             elif op == "status":
                 reply = ("ok", manager.status())
+            elif op == "samples":
+                reply = ("ok", self.metrics.samples())
             elif op in ("drain", "force"):
                 self.stop(op == "force")
                 reply = ("ok", None)
