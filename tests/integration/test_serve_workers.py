@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
-from test_serve_support import infer_body, make_artifact, serving
+from test_serve_support import CONFIG, infer_body, make_artifact, serving
 
 from artifact_factory import with_factory
 
@@ -174,3 +176,26 @@ def test_second_sigterm_is_not_needed_when_every_process_gets_one(tmp_path: Path
         for pid in [server.proc.pid, *_children(server.proc.pid)]:
             os.kill(pid, signal.SIGTERM)
         assert server.proc.wait(60) == 0, server.output()[-2000:]
+
+
+def test_a_worker_that_dies_stops_the_server_with_exit_1(tmp_path: Path) -> None:
+    """Never half a fleet: the process manager (systemd, the local supervisor) restarts it whole."""
+    v1 = make_artifact(tmp_path / "a", version=1, seed=1)
+    with serving(v1, tmp_path / "serve", "serving.workers=2") as server:
+        children = _children(server.proc.pid)
+        workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        os.kill(workers[0], signal.SIGKILL)
+        assert server.proc.wait(60) == 1
+        assert "exited unexpectedly" in server.output()
+        assert not _alive(workers[1])
+
+
+def test_workers_zero_is_a_config_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlci", "serve", "--config", str(CONFIG), "serving.workers=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert 'serving.workers = 0: must be > 0 or "auto"' in proc.stderr
