@@ -33,7 +33,8 @@ from mlci.serve.management import management_app
 from mlci.serve.manager import SwapBusy
 
 log = logging.getLogger("mlci.serve")
-DRAIN_MARGIN_S = 10.0  # beyond serving.graceful_timeout_s before a worker that does not exit is killed
+DRAIN_MARGIN_S = 5.0  # beyond serving.graceful_timeout_s before a worker that does not exit is killed (the
+# deploy's stop waits 40 s, systemd 45 s)
 
 
 class WorkerError(MlciError):
