@@ -109,6 +109,10 @@ class GatesConfig:
 @dataclass(frozen=True)
 class RegistryConfig:
     path: str = ".mlci/registry.db"
+    # A PostgreSQL server that several runners share ("postgresql://user@host:5432/db"); "" = the SQLite file
+    # at `path`. Never with a password: libpq reads it from PGPASSWORD or ~/.pgpass (mode 0600).
+    url: str = ""
+    # A shared directory (an NFS mount, say) works: artifacts are written to a temp name, then renamed.
     artifacts: str = ".mlci/artifacts"
     reports: str = "reports"
 
@@ -254,7 +258,23 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()
 def config_from_dict(raw: dict[str, Any], *, source: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> Config:
     origins: dict[str, str] = {}
     raw = _apply_overrides(raw, overrides, origins)
-    return _build(Config, raw, "", source, origins)
+    config = _build(Config, raw, "", source, origins)
+    _check_registry_url(config.registry.url, origins.get("registry.url", source))
+    return config
+
+
+def _check_registry_url(url: str, file: str) -> None:
+    """Here, not as a field check: the error must show the URL without any password in it."""
+    from mlci.registry_db import URL_SCHEMES, redact, url_password
+
+    if not url:
+        return
+    if not url.startswith(URL_SCHEMES):
+        raise ConfigError(file, "registry.url", redact(url), "must start with postgresql:// (or be empty: SQLite)")
+    if url_password(url):
+        raise ConfigError(
+            file, "registry.url", redact(url), "holds a password: set PGPASSWORD or ~/.pgpass (mode 0600) instead"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
