@@ -127,7 +127,7 @@ def test_processes_opening_a_new_registry_at_once_migrate_it_once(registry_locat
 
 
 def test_a_password_in_the_url_is_refused_and_not_repeated() -> None:
-    with pytest.raises(RegistryError, match="PGPASSWORD or ~/.pgpass") as info:
+    with pytest.raises(RegistryError, match=r"PGPASSWORD or ~/\.pgpass") as info:
         Registry("postgresql://mlci:s3cret-pw@127.0.0.1:1/db")
     assert "s3cret-pw" not in str(info.value)
     raw = {"registry": {"url": "postgresql://mlci:s3cret-pw@db.example:5432/mlci"}}
@@ -140,7 +140,7 @@ def test_a_password_in_the_url_is_refused_and_not_repeated() -> None:
 
 def test_a_wrong_password_is_a_registry_error_that_does_not_show_it(pg_server, monkeypatch) -> None:
     monkeypatch.setenv("PGPASSWORD", "wrong-s3cret")  # libpq prefers it to the pgpass file
-    with pytest.raises(RegistryError, match="cannot open the registry .*password authentication failed") as info:
+    with pytest.raises(RegistryError, match=r"cannot open the registry .*password authentication failed") as info:
         Registry(pg_server.url())
     assert "wrong-s3cret" not in str(info.value) and pg_server.password not in str(info.value)
 
