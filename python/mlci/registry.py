@@ -86,8 +86,8 @@ class Registry:
     # --- plumbing --------------------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Database]:
-        with self._db.write():
+    def _write(self, serialize: bool = True) -> Iterator[Database]:
+        with self._db.write(serialize):
             yield self._db
 
     def close(self) -> None:
@@ -132,7 +132,7 @@ class Registry:
         return self.run(run_id)
 
     def finish_run(self, run_id: str, status: str = "succeeded", *, error: str | None = None) -> None:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             cur = db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?", (status, now(), error, run_id)
             )
@@ -201,7 +201,7 @@ class Registry:
         self.log_metrics(run_id, {name: value}, step=step)
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int | None = None) -> None:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             if step is None:  # a final value replaces the previous final value of the same name
                 db.executemany(
                     "DELETE FROM metrics WHERE run_id = ? AND name = ? AND step IS NULL",
@@ -233,7 +233,7 @@ class Registry:
         return [r[0] for r in rows]
 
     def add_artifact(self, run_id: str, kind: str, path: str | Path, sha256: str, size: int) -> None:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             db.execute(
                 "INSERT INTO artifacts (run_id, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
                 (run_id, kind, str(path), sha256, int(size)),
@@ -242,7 +242,7 @@ class Registry:
     # --- evaluations -----------------------------------------------------------------------------------
 
     def add_evaluation(self, run_id: str, champion: str | None, passed: bool, results: dict[str, Any]) -> int:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             row = db.execute(
                 "INSERT INTO evaluations (run_id, champion, passed, results, created_at) VALUES (?, ?, ?, ?, ?)"
                 " RETURNING id",
@@ -276,8 +276,9 @@ class Registry:
     ) -> LedgerEntry:
         """Make `run_id` the champion and append the promotion to the ledger, in one transaction."""
         with self._write() as db:
-            self._promote(db, run_id, evidence, hosts or [], who, outcome)
-        return self.ledger()[-1]
+            # This promotion's own entry (another runner may append right after it; reading the whole
+            # ledger for its last line would also cost more with every promotion).
+            return self._promote(db, run_id, evidence, hosts or [], who, outcome)
 
     def promote_first(self, run_id: str, *, evidence: dict[str, Any], outcome: str = "first champion") -> bool:
         """Promote `run_id` only if there is no champion yet (checked in the same transaction, so two
@@ -296,7 +297,7 @@ class Registry:
         hosts: list[str],
         who: str | None,
         outcome: str,
-    ) -> None:
+    ) -> LedgerEntry:
         if db.execute("SELECT 1 FROM runs WHERE id = ? AND status = 'succeeded'", (run_id,)).fetchone() is None:
             raise RegistryError(f"{self.path}: run {run_id!r} does not exist or did not succeed")
         db.execute(
@@ -304,7 +305,7 @@ class Registry:
             " ON CONFLICT (slot) DO UPDATE SET run_id = excluded.run_id, since = excluded.since",
             (run_id, now()),
         )
-        self._append_ledger(db, run_id, evidence, hosts, who, outcome)
+        return self._append_ledger(db, run_id, evidence, hosts, who, outcome)
 
     def record(
         self,
@@ -327,15 +328,17 @@ class Registry:
         hosts: list[str],
         who: str | None,
         outcome: str,
-    ) -> None:
+    ) -> LedgerEntry:
         seq = db.execute("SELECT seq FROM runs WHERE id = ?", (run_id,)).fetchone()
         if seq is None:
             raise RegistryError(f"{self.path}: no run {run_id!r}")
-        db.execute(
+        at, who = now(), who or _who()
+        row = db.execute(
             "INSERT INTO ledger (at, run_id, model_version, hosts, who, evidence, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (now(), run_id, seq[0], json.dumps(hosts), who or _who(), json.dumps(evidence, sort_keys=True), outcome),
-        )
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (at, run_id, seq[0], json.dumps(hosts), who, json.dumps(evidence, sort_keys=True), outcome),
+        ).fetchone()
+        return LedgerEntry(int(row[0]), at, run_id, int(seq[0]), list(hosts), who, evidence, outcome)
 
     def ledger(self) -> list[LedgerEntry]:
         return [

@@ -67,7 +67,9 @@ class Database:
         raise NotImplementedError
 
     @contextmanager
-    def write(self) -> Iterator[None]:
+    def write(self, serialize: bool = True) -> Iterator[None]:
+        """One transaction. `serialize`: one such writer at a time (what a read-then-write needs); writes
+        that only add or change their own run's rows may pass False (PostgreSQL then runs them side by side)."""
         raise NotImplementedError
         yield
 
@@ -119,8 +121,8 @@ class SqliteDatabase(Database):
             self.execute(statement)
 
     @contextmanager
-    def write(self) -> Iterator[None]:
-        self.execute("BEGIN IMMEDIATE")
+    def write(self, serialize: bool = True) -> Iterator[None]:
+        self.execute("BEGIN IMMEDIATE")  # SQLite has one writer at a time anyway
         try:
             yield
         except BaseException:
@@ -172,10 +174,11 @@ class PostgresDatabase(Database):
             raise self.error(exc) from None
 
     @contextmanager
-    def write(self) -> Iterator[None]:
+    def write(self, serialize: bool = True) -> Iterator[None]:
         try:
             with self._db.transaction():
-                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                if serialize:
+                    self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
                 yield
         except self._psycopg.errors.LockNotAvailable:
             raise RegistryError(f"{self.location}: another writer held the registry too long; try again") from None
