@@ -281,10 +281,10 @@ def config_from_dict(
 
 def _check_registry_url(url: str, file: str) -> None:
     """Here, not as a field check: the error must show the URL without any password in it."""
-    from mlci.registry_db import URL_SCHEMES, redact, url_password
-
     if not url:
         return
+    from mlci.registry_db import URL_SCHEMES, redact, url_password
+
     if not url.startswith(URL_SCHEMES):
         raise ConfigError(file, "registry.url", redact(url), "must start with postgresql:// (or be empty: SQLite)")
     if url_password(url):
