@@ -148,3 +148,22 @@ def test_a_wrong_password_is_a_registry_error_that_does_not_show_it(pg_server, m
 def test_no_server_listening_is_a_registry_error_naming_the_url() -> None:
     with pytest.raises(RegistryError, match=r"postgresql://mlci@127\.0\.0\.1:1/db: cannot open the registry"):
         Registry("postgresql://mlci@127.0.0.1:1/db", timeout=2)
+
+
+def test_both_back_ends_hold_the_same_tables_and_columns(tmp_path: Path, pg_server) -> None:
+    sqlite_file, url = tmp_path / "registry.db", pg_server.new_database()
+    Registry(sqlite_file).close()
+    Registry(url).close()
+    with sqlite3.connect(sqlite_file) as raw:
+        tables = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        on_sqlite = {
+            (t, c[1]) for t in tables if not t.startswith("sqlite_") for c in raw.execute(f"PRAGMA table_info({t})")
+        }
+    with psycopg.connect(url) as raw:
+        on_postgresql = set(
+            raw.execute("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'")
+        )
+    assert on_sqlite == on_postgresql
+    assert {t for t, _ in on_sqlite} == {
+        "runs", "metrics", "artifacts", "evaluations", "champion", "ledger", "schema_version"
+    }  # fmt: skip
