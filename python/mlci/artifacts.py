@@ -71,20 +71,26 @@ def write_artifact(root: Path, state_dict: dict[str, Any], manifest: dict[str, A
         size = weights.stat().st_size
         full = {"format": FORMAT, **manifest, "weights": {"file": WEIGHTS_FILE, "sha256": digest, "bytes": size}}
         (staging / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        for file in (weights, staging / MANIFEST_FILE, staging):
-            _fsync(file)
-        final = root / digest
-        try:
-            os.rename(staging, final)  # fails when `final` is there already (a non-empty directory)
-        except OSError:
-            if not (final / MANIFEST_FILE).is_file():
-                raise
-            shutil.rmtree(staging)  # same weights already stored: content addressing makes this a no-op
-        _fsync(root)
-        return ArtifactRef(final, digest, size)
+        return ArtifactRef(place(staging, root / digest), digest, size)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def place(staging: Path, final: Path) -> Path:
+    """Move a complete staging directory (in the same root) to its content-addressed name `final`, durably:
+    its files are fsynced first. When `final` is there already (another writer, another runner) the staging
+    copy is dropped. Returns `final`."""
+    for file in [*staging.iterdir(), staging]:
+        _fsync(file)
+    try:
+        os.rename(staging, final)  # fails when `final` is there already (a non-empty directory)
+    except OSError:
+        if not (final / MANIFEST_FILE).is_file():
+            raise
+        shutil.rmtree(staging)  # same weights already stored: content addressing makes this a no-op
+    _fsync(final.parent)
+    return final
 
 
 def _fsync(path: Path) -> None:

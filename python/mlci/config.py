@@ -91,6 +91,9 @@ class TrainConfig:
     # Data-parallel processes (torchrun/DDP; `--nproc N` sets it). batch_size is the global batch, split
     # across them. Part of the run key: a different sharding trains a different model.
     nproc: int = _checked(1, positive())
+    # Train on every host of inventories/<fleet>'s gpu_runners group at once (torchrun, rendezvous on the
+    # first; nproc processes on each); "" = on this machine. Part of the run key like nproc.
+    fleet: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,95 +1,116 @@
-"""Two runners, one registry: two checkouts run `python -m mlci train` at the same time against one shared
-registry (a PostgreSQL server; and a SQLite file both can reach) and one shared artifact directory, then
-both promote their run at once. Nothing is lost, exactly one run became the first champion, and every
-runner reads the same champion: the one the ledger's last promotion names."""
+"""Training across a fleet: `mlci train --fleet NAME` runs torchrun on 2 sandbox runners (gloo on CPU, a static
+rendezvous on the first) and the run lands in the controller's registry like any other.
+
+Two sandbox hosts play the runners (the sandbox's own runner and its first serving host, in an inventory of their
+own). What each node did is read from its own training log on the host; the model is checked against the same
+training done on this machine by two local processes (same world size, same seed, same shards).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import subprocess
-import sys
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_train import make_project
-from tests.integration.deploy_support import set_keys
+import torch
+import yaml
+from deploy_support import Project, copy_project, set_keys, tail
+from safetensors.torch import load_file
 
-from mlci.artifacts import verify
-from mlci.registry import Registry
+from mlci.artifacts import load_model, smoke_test
+from mlci.sandbox import SandboxHost, connect
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
-PROMOTE = """
-import sys
-from mlci.registry import Registry
-with Registry(sys.argv[1]) as registry:
-    registry.promote(sys.argv[2], evidence={"by": sys.argv[3]}, hosts=[sys.argv[3]], who=sys.argv[3])
-    print(registry.champion().id)
-"""
+ENV = "fleet"
+RUNS = "/opt/mlci-train/runs"
 
 
-def _start(project: Path, *argv: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(project / "python"))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.Popen(
-        [sys.executable, *argv], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+@dataclass
+class Fleet:
+    project: Project
+    nodes: list[SandboxHost]
+    first: str  # the first `mlci train --fleet` output
+
+    def sh(self, node: SandboxHost, command: str) -> str:
+        code, out = connect().containers.get(node.container).exec_run(["sh", "-c", command])
+        text = out.decode(errors="replace")
+        assert code == 0, f"{node.name}: {command}: exit {code}: {text}"
+        return text
 
 
-def _finish(procs: list[subprocess.Popen[str]]) -> list[str]:
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, out + err
-        outs.append(out)
-    return outs
+@pytest.fixture(scope="module")
+def fleet(sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    nodes = [sandbox.group("gpu_runners")[0], sandbox.group("serving")[0]]
+    root = copy_project(tmp_path_factory.mktemp("train-fleet") / "project")
+    inventory = root / "inventories" / ENV
+    shutil.copytree(sandbox.inventory, inventory)
+    hosts = {n.name: {"ansible_port": n.ssh_port, "sandbox_address": n.address} for n in nodes}
+    layout = {"all": {"hosts": hosts, "children": {"gpu_runners": {"hosts": dict.fromkeys(hosts)}}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(layout, sort_keys=False))
+    set_keys(root / "mlci.toml", train={"epochs": 10}, evaluate={"bootstrap": 200})
+    project = Project(root)
+    first = project.mlci("train", "--fleet", ENV, timeout=1800)
+    try:
+        yield Fleet(project, nodes, first.stdout)
+    finally:
+        for node in nodes:
+            connect().containers.get(node.container).exec_run(["rm", "-rf", "/opt/mlci-train"])
 
 
-def test_two_runners_training_and_promoting_at_once_agree_on_one_champion(
-    registry_location: str | Path, tmp_path: Path
-) -> None:
-    shared = tmp_path / "shared-artifacts"  # stands for the NFS mount both runners see
-    where = {"url": registry_location} if isinstance(registry_location, str) else {"path": str(registry_location)}
-    runners = []
-    for name, seed in (("runner-a", 1), ("runner-b", 2)):
-        project = make_project(tmp_path / name)
-        set_keys(project / "mlci.toml", registry={**where, "artifacts": str(shared)}, train={"seed": seed})
-        runners.append(project)
-
-    _finish([_start(p, "-m", "mlci", "train") for p in runners])
-
-    with Registry(registry_location) as registry:
-        runs = registry.runs()
-        assert [r.status for r in runs] == ["succeeded", "succeeded"]
-        assert {r.params["train"]["seed"] for r in runs} == {1, 2}, "each runner's run is there"
-        ledger = registry.ledger()
-        assert [e.outcome for e in ledger] == ["first champion"], "only one became the first champion"
-        assert registry.champion().id == ledger[0].run_id
-    for run in runs:
-        model = run.artifact("model")
-        assert model is not None and Path(model.path).parent == shared
-        assert verify(Path(model.path))["weights"]["sha256"] == model.sha256
-
-    # Both runners promote their own run at the same moment: the ledger orders them, the last one wins.
-    promoters = [
-        _start(p, "-c", PROMOTE, str(registry_location), run.id, p.name)
-        for p, run in zip(runners, sorted(runs, key=lambda r: r.params["train"]["seed"]), strict=True)
-    ]
-    _finish(promoters)
-    with Registry(registry_location) as registry:
-        ledger = registry.ledger()
-        assert [e.outcome for e in ledger] == ["first champion", "promoted", "promoted"]
-        assert sorted(e.who for e in ledger[1:]) == ["runner-a", "runner-b"]
-        champion = registry.champion().id
-        assert champion == ledger[-1].run_id
-    seen = _finish([_start(p, "-c", _READ_CHAMPION, str(registry_location)) for p in runners])
-    assert [json.loads(s) for s in seen] == [champion, champion], "every runner reads the same champion"
+def test_a_fleet_run_trains_on_both_runners_and_lands_in_the_registry(fleet: Fleet) -> None:
+    assert f"on fleet {ENV} ({fleet.nodes[0].name}, {fleet.nodes[1].name}; 2 processes)" in fleet.first, fleet.first
+    with fleet.project.registry() as registry:
+        run = registry.latest_run()
+        assert run is not None and run.status == "succeeded"
+        assert run.environment["world_size"] == 2 and run.environment["nodes"] == [n.name for n in fleet.nodes]
+        steps = registry.history(run.id, "train_loss")
+        artifact = run.artifact("model")
+    assert len(steps) == 10  # one loss per epoch, sent back by rank 0
+    # Each node ran its own rank in one 2-process world, rendezvous on the first.
+    for rank, node in enumerate(fleet.nodes):
+        log = fleet.sh(node, f"cat {RUNS}/{run.id}/train.log")
+        assert f"{node.name}: rank {rank} of 2 on cpu" in log, log
+    # The stored artifact is whole: its weights hash to what the registry says, and its smoke test passes.
+    assert artifact is not None
+    weights = Path(artifact.path) / "model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == artifact.sha256
+    model, manifest = load_model(Path(artifact.path))
+    assert manifest["run_id"] == run.id
+    smoke_test(model, manifest)
+    # The pipeline went on as for any run: evaluated against the gates, with a report.
+    assert "gates passed" in fleet.first, fleet.first
+    assert (fleet.project.root / "reports" / run.id / "report.html").is_file()
 
 
-_READ_CHAMPION = """
-import json, sys
-from mlci.registry import Registry
-with Registry(sys.argv[1]) as registry:
-    print(json.dumps(registry.champion().id))
-"""
+def test_the_fleet_model_is_the_one_two_local_processes_train(fleet: Fleet) -> None:
+    with fleet.project.registry() as registry:
+        fleet_run = registry.latest_run()
+    local = fleet.project.mlci("train", "--nproc", "2", timeout=900)
+    assert "gates passed" in local.stdout, tail(local)
+    with fleet.project.registry() as registry:
+        local_run = registry.latest_run()
+    assert local_run.id != fleet_run.id
+    a = load_file(str(Path(fleet_run.artifact("model").path) / "model.safetensors"))
+    b = load_file(str(Path(local_run.artifact("model").path) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-3, f"fleet and local 2-process weights differ by up to {worst}"
+    assert torch.equal(a["standardize.mean"], b["standardize.mean"])
+
+
+def test_a_second_fleet_train_with_nothing_changed_is_a_no_op(fleet: Fleet) -> None:
+    again = fleet.project.mlci("train", "--fleet", ENV)
+    assert "up to date: run r0001" in again.stdout, tail(again)
+
+
+def test_a_fleet_without_runners_is_a_config_error(fleet: Fleet) -> None:
+    empty = fleet.project.root / "inventories" / "empty"
+    empty.mkdir()
+    (empty / "hosts.yml").write_text(json.dumps({"all": {"children": {"serving": {"hosts": {}}}}}))
+    out = fleet.project.mlci("train", "--fleet", "empty", "--force", rc=2)
+    assert f"{empty}: group 'gpu_runners' does not exist" in out.stderr, tail(out)
