@@ -38,10 +38,10 @@ def command(nproc: int) -> list[str]:
     ]
 
 
-def job(config: Config, registry_path: Path, run_id: str, device_kind: str) -> str:
+def job(config: Config, registry_path: str | Path, run_id: str, device_kind: str) -> str:
     return json.dumps(
         {
-            "registry": str(Path(registry_path).resolve()),
+            "registry": registry_path if isinstance(registry_path, str) else str(Path(registry_path).resolve()),
             "run": run_id,
             "root": str(Path(config.root).resolve()),
             "source": config.source,
@@ -50,7 +50,7 @@ def job(config: Config, registry_path: Path, run_id: str, device_kind: str) -> s
     )
 
 
-def launch(config: Config, registry_path: Path, run_id: str, nproc: int, device_kind: str) -> None:
+def launch(config: Config, registry_path: str | Path, run_id: str, nproc: int, device_kind: str) -> None:
     """Run the N workers to completion. Raises TrainingProcessesFailed when torchrun exits non-zero."""
     env = dict(os.environ)
     env[ENV] = job(config, registry_path, run_id, device_kind)
@@ -65,7 +65,7 @@ def launch(config: Config, registry_path: Path, run_id: str, nproc: int, device_
 def worker() -> int:
     """One training process under torchrun (RANK, LOCAL_RANK, WORLD_SIZE and the job come from the environment)."""
     spec = json.loads(os.environ[ENV])
-    registry_path, run_id, root, source = Path(spec["registry"]), spec["run"], Path(spec["root"]), spec["source"]
+    registry_path, run_id, root, source = spec["registry"], spec["run"], Path(spec["root"]), spec["source"]
 
     import torch.distributed as dist
 

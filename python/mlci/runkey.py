@@ -70,6 +70,7 @@ def compute(config: Config, data_files: Iterable[Path]) -> RunKey:
     data_hash, digests = hash_data(config, list(data_files))
     params = config.to_dict()
     del params["data"]["rehash"]  # how the files are hashed, not what the model is trained on
+    del params["registry"]["url"]  # where runs are recorded, not what is trained
     params_hash = _sha256(canonical_json(params).encode())
     torch, device = torch_version(), device_kind(config.train.device)
     parts = {"code": code.digest, "data": data_hash, "params": params_hash, "torch": torch, "device": device}

@@ -46,13 +46,14 @@ def run(argv: Sequence[str]) -> int:
     config = config_of(args)
 
     from mlci import data, runkey
+    from mlci.registry import exists as registry_exists
 
     key = runkey.compute(config, data.data_files(config))
     db = config.path(config.registry.path)
-    if not args.force and db.exists():
-        from mlci.registry import Registry
+    if not args.force and registry_exists(config):
+        from mlci.registry import open_registry
 
-        with Registry(db) as registry:
+        with open_registry(config) as registry:
             verdict = _reuse(registry, key.key)
         if verdict is not None:
             key.save_data_hashes()  # the data a run already checked
@@ -61,10 +62,12 @@ def run(argv: Sequence[str]) -> int:
     dataset = data.check(config)  # before anything is written: bad data leaves the registry untouched
     key.save_data_hashes()
 
-    from mlci.registry import Registry
+    from mlci.registry import open_registry
     from mlci.train import exclusive
 
-    with exclusive(db), Registry(db) as registry:
+    # The lock is this runner's (next to where its SQLite file is or would be); across runners the
+    # registry's own transactions keep records whole, and two runners training one key both record a run.
+    with exclusive(db), open_registry(config) as registry:
         # Another `mlci train` may have trained this key while we waited for the lock.
         verdict = None if args.force else _reuse(registry, key.key)
         if verdict is not None:
