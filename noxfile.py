@@ -90,6 +90,12 @@ def periodic(session: nox.Session) -> None:
     _mlci(session, "periodic")
 
 
+@nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """-- BASE_REV: the checkout vs a base revision (trained in a temporary worktree); a PR-comment markdown."""
+    _mlci(session, "compare")
+
+
 @nox.session
 def evaluate(session: nox.Session) -> None:
     """Evaluate the latest run against the champion and apply the gates (exit 1 when one fails)."""

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mlci.commands.data", "check the data files against the schema"),
     "train": ("mlci.commands.train", "data check, train (or reuse), evaluate, report; exit code of the gates"),
     "periodic": ("mlci.commands.periodic", "what cron runs: train when something changed, gate, report, deploy"),
+    "compare": ("mlci.commands.compare", "the checkout vs a base git revision: a pull-request comment (markdown)"),
     "evaluate": ("mlci.commands.evaluate", "evaluate a run against the champion and apply the gates"),
     "report": ("mlci.commands.report", "write reports/<run>/ (markdown, html, plots, gates.xml)"),
     "serve": ("mlci.commands.serve", "serve a model artifact over the Open Inference Protocol"),
