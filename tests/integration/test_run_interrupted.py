@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from tests.integration.test_train import make_project, mlci, registry_of
 
@@ -100,3 +101,20 @@ def test_a_running_run_whose_process_lives_is_left_alone(tmp_path: Path) -> None
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
+
+
+def test_sigterm_during_data_parallel_training_stops_every_worker(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    proc = _start_training(project, "--nproc", "2")
+    _wait_until_training(project, proc)
+    tree = psutil.Process(proc.pid).children(recursive=True)  # torchrun and its two workers
+    assert len(tree) >= 3, tree
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    _gone, alive = psutil.wait_procs(tree, timeout=60)
+    assert not alive, f"left running: {alive}"
+    with registry_of(project) as registry:
+        run = registry.run("r0001")
+        assert run.status == "failed" and run.error == "interrupted by SIGTERM"
+    _assert_nothing_half_written(project)
