@@ -96,6 +96,12 @@ def compare(session: nox.Session) -> None:
     _mlci(session, "compare")
 
 
+@nox.session(default=False)
+def runs(session: nox.Session) -> None:
+    """The registry at a glance, newest first (-- --limit N); `-- show REF` for one run in full."""
+    _mlci(session, "runs")
+
+
 @nox.session
 def evaluate(session: nox.Session) -> None:
     """Evaluate the latest run against the champion and apply the gates (exit 1 when one fails)."""

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("mlci.commands.deploy", "gated rolling deploy of a run to an environment's serving hosts"),
     "rollback": ("mlci.commands.rollback", "every serving host back to the previous champion"),
     "status": ("mlci.commands.status", "which model each serving host serves (through SSH) vs the champion"),
+    "runs": ("mlci.commands.runs", "the registry at a glance, newest first; `runs show REF` for one run"),
+    "lease": ("mlci.commands.lease", "run a command on k free GPUs: mlci lease --gpus K -- COMMAND ..."),
     "sandbox": ("mlci.commands.sandbox", "up|down|status: local SSH test hosts on the Docker engine"),
 }
 

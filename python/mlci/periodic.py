@@ -148,12 +148,16 @@ def prune_reports(config: Config) -> list[str]:
 
     with Registry(config.path(config.registry.path)) as registry:
         protected = protected_runs(registry)
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and _RUN_DIR.fullmatch(p.name)), key=_seq, reverse=True)
-    deleted = []
-    for folder in folders[keep:]:
-        if folder.name not in protected:
-            shutil.rmtree(folder, ignore_errors=True)
-            deleted.append(folder.name)
+        folders = sorted((p for p in root.iterdir() if p.is_dir() and _RUN_DIR.fullmatch(p.name)), key=_seq)
+        deleted = []
+        for folder in reversed(folders[:-keep]):
+            if folder.name not in protected:
+                shutil.rmtree(folder, ignore_errors=True)
+                deleted.append(folder.name)
+        if deleted:  # the dashboard links only to reports that exist
+            from mlci import dashboard
+
+            dashboard.write(config, registry)
     return deleted
 
 

@@ -30,8 +30,9 @@ def test_keep_reports_keeps_the_newest_the_champion_and_the_serving_runs(tmp_pat
         (tmp_path / "reports" / name).mkdir(parents=True)
     deleted = periodic.prune_reports(config)
     left = sorted(p.name for p in (tmp_path / "reports").iterdir())
-    # newest r0006, champion and canary's serving r0001, production's r0002, staging's r0003
-    assert left == sorted(["r0006", "r0001", "r0002", "r0003", "loadtest", "r12"])
+    # newest r0006, champion and canary's serving r0001, production's r0002, staging's r0003; the dashboard
+    # (index.html and its plot folder) is rewritten so that it links only to reports that exist
+    assert left == sorted(["r0006", "r0001", "r0002", "r0003", "loadtest", "r12", "index.html", "dashboard"])
     assert sorted(deleted) == ["r0004", "r0005"]
 
 
