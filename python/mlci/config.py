@@ -215,6 +215,17 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class PeriodicConfig:
+    # `mlci periodic` (cron on runners): deploy a new run that passed its gates (the code path of `mlci deploy`).
+    deploy: bool = False
+    # Keep the reports of the newest N runs (plus the champion's and every serving run's); 0 keeps them all.
+    keep_reports: int = _checked(20, non_negative())
+    # Name of an environment variable holding a webhook URL that gets each run's verdict as JSON ("" = none).
+    # The URL may carry a token: logs show only its scheme and host.
+    webhook_env: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -226,6 +237,7 @@ class Config:
     serving: ServingConfig = field(default_factory=ServingConfig)
     loadtest: LoadtestConfig = field(default_factory=LoadtestConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
     # Where mlci.toml lives; relative paths in the config resolve against it. Not a TOML key.
     root: Path = field(default=Path("."), compare=False)
     source: str = field(default=DEFAULT_CONFIG, compare=False)

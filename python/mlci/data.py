@@ -1,9 +1,9 @@
 """The data check and the dataset the pipeline trains on.
 
-`check(config)` reads every CSV in `config.data.files`, validates it against the schema (schema.py) and returns
-all rows as one Dataset; the first problem raises DataError naming the file, the 1-based data row (the header
-is not counted: row N is file line N+1), the column and the value. Byte-level problems (not UTF-8, binary
-junk) name the file line instead, since no row can be parsed there.
+`check(config)` reads every CSV in `config.data.files` (globs expanded, sorted), validates it against the schema
+(schema.py) and returns all rows as one Dataset; the first problem raises DataError naming the file, the 1-based
+data row (the header is not counted: row N is file line N+1), the column and the value. Byte-level problems (not
+UTF-8, binary junk) name the file line instead, since no row can be parsed there.
 
 Files are read in chunks (see "one file" below): memory holds the float32/int64 arrays of the rows and one chunk,
 whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files` runs on the no-op
@@ -13,6 +13,7 @@ path of `mlci train`.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import math
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlci.config import Config
-from mlci.errors import DataError
+from mlci.errors import ConfigError, DataError
 from mlci.schema import Column, Schema, load_schema, schema_path
 
 if TYPE_CHECKING:
@@ -56,7 +57,23 @@ class Dataset:
 
 def data_files(config: Config) -> list[Path]:
     """The data files and the schema file, resolved. Cheap: no parsing, no numpy."""
-    return [config.path(f).resolve() for f in config.data.files] + [schema_path(config).resolve()]
+    return [config.path(f).resolve() for f in file_names(config)] + [schema_path(config).resolve()]
+
+
+def file_names(config: Config) -> list[str]:
+    """`data.files` with each glob (`*`, `?`, `[...]`) expanded, sorted, relative to mlci.toml as written: a new
+    file in a data directory changes the run key. A glob that matches no file is a config error."""
+    names: list[str] = []
+    for entry in config.data.files:
+        if not glob.has_magic(entry):
+            names.append(entry)
+            continue
+        base = config.path(".")
+        matches = sorted(m for m in glob.glob(entry, root_dir=base) if Path(config.path(m)).is_file())
+        if not matches:
+            raise ConfigError(config.source, "data.files", entry, f"the pattern matches no file (in {base.resolve()})")
+        names.extend(matches)
+    return names
 
 
 def check(config: Config) -> Dataset:
@@ -64,10 +81,11 @@ def check(config: Config) -> Dataset:
     import numpy as np
 
     schema = load_schema(config)
-    parts = [_read(config.path(name), name, schema) for name in config.data.files]
+    names = file_names(config)
+    parts = [_read(config.path(name), name, schema) for name in names]
     x, y, hashes = (np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
     if not schema.allow_duplicate_rows:
-        _no_duplicates(x, y, hashes, [(name, len(p[1])) for name, p in zip(config.data.files, parts, strict=True)])
+        _no_duplicates(x, y, hashes, [(name, len(p[1])) for name, p in zip(names, parts, strict=True)])
     return Dataset(features=schema.feature_names, classes=list(schema.classes), x=x, y=y)
 
 

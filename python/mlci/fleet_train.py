@@ -12,6 +12,7 @@ so a fleet run lands in the registry like any other.
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import tempfile
 import time
@@ -50,6 +51,7 @@ def runners(config: Config) -> Target:
 def environment(config: Config, where: Target) -> dict[str, Any]:
     nproc = config.train.nproc
     return {
+        "hostname": platform.node(),  # the controller's: whose lock says the run is alive (runlock)
         "fleet": where.env,
         "nodes": where.names,
         "nproc_per_node": nproc,

@@ -82,6 +82,9 @@ class Registry:
         except BaseException:
             self._db.close()
             raise
+        from mlci.runlock import sweep  # a run whose process died (SIGKILL, power loss) is failed here
+
+        self.abandoned = sweep(self)
 
     # --- plumbing --------------------------------------------------------------------------------------
 
@@ -165,6 +168,20 @@ class Registry:
         sql = "SELECT id FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY seq DESC LIMIT 1"
         row = self._db.execute(sql, (status,) if status else ()).fetchone()
         return self._load(row[0]) if row else None
+
+    def running_runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(id, environment) of every run still `running` (runlock.sweep judges whether it is alive)."""
+        rows = self._db.execute("SELECT id, environment FROM runs WHERE status = 'running' ORDER BY seq")
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def fail_if_running(self, run_id: str, error: str) -> bool:
+        """Mark `run_id` failed with `error` only if it is still running; True when it was."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+                (now(), error, run_id),
+            )
+            return cur.rowcount == 1
 
     def runs(self) -> list[Run]:
         return [self._load(r[0]) for r in self._db.execute("SELECT id FROM runs ORDER BY seq")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mlci.commands import config_of, parse, parser
-from mlci.data import check, data_files
+from mlci.data import check, data_files, file_names
 from mlci.filehash import cache_path, file_digests
 
 
@@ -20,6 +20,8 @@ def run(argv: Sequence[str]) -> int:
     ds = check(config)
     files = data_files(config)[:-1]
     shas = file_digests(files, cache_path(config), rehash=config.data.rehash)
-    digests = ", ".join(f"{name} sha256:{(sha or '?')[:12]}" for name, sha in zip(config.data.files, shas, strict=True))
+    digests = ", ".join(
+        f"{name} sha256:{(sha or '?')[:12]}" for name, sha in zip(file_names(config), shas, strict=True)
+    )
     print(f"data OK: {len(ds)} rows, {len(ds.features)} features + label, {len(ds.classes)} classes ({digests})")
     return 0
