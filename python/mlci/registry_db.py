@@ -138,10 +138,14 @@ class PostgresDatabase(Database):
     dialect = "postgresql"
 
     def __init__(self, url: str, timeout: float) -> None:
-        import psycopg
-
-        self._psycopg = psycopg
         self.location = redact(url)
+        try:
+            import psycopg
+        except ImportError:  # a serving host's venv has no driver: it is given artifacts, not a registry
+            raise RegistryError(
+                f"{self.location}: a PostgreSQL registry needs psycopg here (pip install 'psycopg[binary]')"
+            ) from None
+        self._psycopg = psycopg
         if url_password(url):
             raise RegistryError(
                 "the registry URL carries a password: give it through PGPASSWORD or ~/.pgpass instead "
