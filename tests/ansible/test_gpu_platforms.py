@@ -62,9 +62,10 @@ CUDA_PLAY = """
   hosts: localhost
   gather_facts: false
   tasks:
-    - name: Run the role (this machine has no GPU, so it stops before installing)
+    - name: Check the platform and load the release's version (the install's first steps)
       ansible.builtin.include_role:
         name: cuda_toolkit
+        tasks_from: settings
         public: true
     - name: Show the version
       ansible.builtin.debug:
@@ -281,6 +282,7 @@ def test_debian_open_flavour_adds_the_open_kernel_module(tmp_path: Path) -> None
 def test_server_packages_are_refused_where_the_distribution_has_none(tmp_path: Path) -> None:
     # The settings check is the role's own first step: run the role on Debian 12's facts.
     extra = {"ansible_facts": facts("debian12-amd64"), "nvidia_driver_server_packages": True}
+    extra["nvidia_driver_assume_gpu"] = True  # the check is made where the driver is to be installed
     play = "- name: Driver\n  hosts: localhost\n  gather_facts: false\n  roles: [nvidia_driver]\n"
     failed = result(run(tmp_path, play, extra, rc=2), "Check the driver settings")
     assert "needs a source that has server packages (none on Debian)" in failed["msg"]
@@ -340,3 +342,16 @@ def test_an_unsupported_platform_stops_with_what_is_supported(platform: tuple, t
 def test_cuda_toolkit_defaults_to_the_releases_own_version(platform: str, version: str, tmp_path: Path) -> None:
     out = run(tmp_path, CUDA_PLAY, {"ansible_facts": facts(platform)})
     assert result(out, "Show the version")["msg"] == version
+
+
+@pytest.mark.slow
+def test_a_host_without_a_gpu_on_another_platform_is_skipped_not_refused(tmp_path: Path) -> None:
+    extra = {
+        "ansible_facts": facts("ubuntu2404-arm64") | {"distribution": "Rocky", "distribution_major_version": "9"},
+        "_nvidia_driver_pci_root": str(fake_pci(tmp_path, {"0000:0c:00.0": NIC})),
+    }
+    play = "- name: GPU roles\n  hosts: localhost\n  gather_facts: false\n  roles: [nvidia_driver, cuda_toolkit]\n"
+    out = run(tmp_path, play, extra)
+    said = result(out, "Say that the driver is skipped because the host has no NVIDIA GPU (fail where one is required)")
+    assert said["msg"].startswith("No NVIDIA GPU found on localhost"), said
+    assert result(out, "Say that the toolkit is skipped because the host has no NVIDIA GPU").get("skipped") is not True
