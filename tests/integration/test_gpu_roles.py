@@ -23,6 +23,7 @@ from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, t
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 DRIVER = "535.309.01-0+deb12u1"
+PERSISTENCED = "535.43.02-1~deb12u1"
 CUDA = "12.4.1-1"
 TOOLKIT = "1.17.8-1"
 MIRROR_PORT = 8089
@@ -61,6 +62,11 @@ def _build_mirror(root: Path, gnupghome: Path) -> Path:
     for version in (DRIVER, "550.163.01-1"):
         debs.append(stand_in_deb(pool, "nvidia-smi", version, {"usr/bin/nvidia-smi": smi}))
         debs.append(stand_in_deb(pool, "nvidia-driver", version, {}, depends=f"nvidia-smi (= {version})"))
+    # Debian packages the persistence daemon on its own, at a version of its own; the role enables its unit.
+    unit = "[Unit]\nDescription=stand-in nvidia-persistenced\n[Service]\nExecStart=/bin/true\n"
+    unit += "[Install]\nWantedBy=multi-user.target\n"
+    units = {"lib/systemd/system/nvidia-persistenced.service": unit}
+    debs.append(stand_in_deb(pool, "nvidia-persistenced", PERSISTENCED, units))
     dist = debian / "dists/bookworm"
     indexes = []
     for component in ("contrib", "non-free", "non-free-firmware"):
@@ -138,7 +144,7 @@ CLEANUP = """
       failed_when: false
     - name: Remove the stand-in packages
       ansible.builtin.apt:
-        name: "{{ held }}"
+        name: "{{ held + ['nvidia-persistenced'] }}"
         state: absent
         purge: true
     - name: Remove the rendered sources, pins, keys, profile and runtime fragment
@@ -260,6 +266,9 @@ INSPECT = """
     - name: Read the holds
       ansible.builtin.command: apt-mark showhold
       changed_when: false
+    - name: Read whether the persistence daemon is enabled
+      ansible.builtin.command: systemctl is-enabled nvidia-persistenced
+      changed_when: false
     - name: Read the candidates apt offers
       ansible.builtin.command: apt-cache madison nvidia-driver cuda-toolkit-12-4 nvidia-container-toolkit
       changed_when: false
@@ -288,6 +297,7 @@ def test_mirror_mode_renders_only_the_mirror_and_pins_and_holds(
             "Read the rendered apt files",
             "Read the installed versions",
             "Read the holds",
+            "Read whether the persistence daemon is enabled",
             "Read the candidates apt offers",
             "Read a login shell's CUDA environment",
             "Read daemon.json",
@@ -324,6 +334,7 @@ def test_mirror_mode_renders_only_the_mirror_and_pins_and_holds(
         **dict.fromkeys(TOOLKIT_PACKAGES, TOOLKIT),
     }
     assert sorted(read["Read the holds"].split()) == sorted(HELD)
+    assert read["Read whether the persistence daemon is enabled"] == "enabled"
 
     # CUDA environment for login shells.
     cuda_home, path, ld_path, nvcc = read["Read a login shell's CUDA environment"].split("|")
