@@ -50,18 +50,19 @@ OnEpoch = Callable[[EpochStats], None]
 # --- the pipeline step -------------------------------------------------------------------------------------
 
 
-def train(config: Config, dataset: Dataset, registry: Registry, key: RunKey, *, on_epoch: OnEpoch | None = None) -> Run:
-    """Create a run for `key`, train (in this process or through torchrun), record metrics and the model
-    artifact, and mark the run succeeded. Any failure marks it failed (with the error) and re-raises."""
-    from mlci import data
+def train(
+    config: Config, train_ds: Dataset, registry: Registry, key: RunKey, *, on_epoch: OnEpoch | None = None
+) -> Run:
+    """Create a run for `key`, train on `train_ds` (the training split: data.load_splits) in this process or
+    through torchrun, record metrics and the model artifact, and mark the run succeeded. Any failure marks it
+    failed (with the error) and re-raises."""
     from mlci.model import build_model
 
-    train_ds, _ = data.split(dataset, config.data.eval_fraction, config.data.split_seed)
     nproc = config.train.nproc
     device = devices.choose(config.train.device)
     # A bad model.factory/params is a config error (exit 2): raise it before a run is recorded.
     build_model(
-        config.model.factory, config.model.params, len(dataset.features), len(dataset.classes), source=config.source
+        config.model.factory, config.model.params, len(train_ds.features), len(train_ds.classes), source=config.source
     )
     run = registry.create_run(
         key.key,

@@ -62,7 +62,7 @@ def test_same_inputs_same_weights(config: Config, train_split: data.Dataset) -> 
 def test_a_bad_factory_records_no_run(config: Config, tmp_path: Path) -> None:
     bad = load_config(config.root / "mlci.toml", ["train.epochs=1", "model.params={ width = 3 }"])
     with Registry(tmp_path / "registry.db") as registry, pytest.raises(ConfigError, match=r"model\.params"):
-        train.train(bad, data.check(bad), registry, compute(bad, data.data_files(bad)))
+        train.train(bad, data.load_splits(bad)[0], registry, compute(bad, data.data_files(bad)))
     with Registry(tmp_path / "registry.db") as registry:
         assert registry.runs() == []
 
@@ -83,7 +83,7 @@ def test_a_failure_while_training_marks_the_run_failed(
     boom = load_config(config.root / "mlci.toml", overrides)
     with Registry(tmp_path / "registry.db") as registry:
         with pytest.raises(RuntimeError, match="exploded"):
-            train.train(boom, data.check(boom), registry, compute(boom, data.data_files(boom)))
+            train.train(boom, data.load_splits(boom)[0], registry, compute(boom, data.data_files(boom)))
         (run,) = registry.runs()
         assert run.status == "failed" and "the model exploded" in run.error and run.finished_at
         assert registry.find_run(run.key) is None, "a failed run is never reused"

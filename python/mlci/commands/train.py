@@ -53,7 +53,8 @@ def run(argv: Sequence[str]) -> int:
             key.save_data_hashes()  # the data a run already checked
             return verdict
 
-    dataset = data.check(config)  # before anything is written: bad data leaves the registry untouched
+    # Before anything is written: bad data leaves the registry untouched. The eval split is kept for evaluating.
+    train_ds, eval_ds = data.load_splits(config)
     key.save_data_hashes()
 
     from mlci.registry import Registry
@@ -65,8 +66,9 @@ def run(argv: Sequence[str]) -> int:
         if verdict is not None:
             return verdict
         existing = None if args.force else _reusable(registry, key.key)  # trained, never evaluated
-        target = existing or _train(config, dataset, registry, key)
-        return _evaluate_and_report(config, registry, target)
+        target = existing or _train(config, train_ds, registry, key)
+        del train_ds  # its memory goes back before evaluating
+        return _evaluate_and_report(config, registry, target, eval_ds)
 
 
 def _reusable(registry: Registry, key: str) -> Run | None:
@@ -95,7 +97,7 @@ def _reuse(registry: Registry, key: str) -> int | None:
     return EXIT_OK if passed else EXIT_GATE_FAILED
 
 
-def _train(config: Config, dataset: Dataset, registry: Registry, key: RunKey) -> Run:
+def _train(config: Config, train_ds: Dataset, registry: Registry, key: RunKey) -> Run:
     from mlci.progress import epoch_bar
     from mlci.train import train
 
@@ -104,7 +106,7 @@ def _train(config: Config, dataset: Dataset, registry: Registry, key: RunKey) ->
     what = f"training ({t.epochs} epochs" + (f", {t.nproc} processes)" if t.nproc > 1 else ")")
     # With torchrun, rank 0 draws its own bar (the epochs happen in the workers).
     with epoch_bar(t.epochs, what, enabled=None if t.nproc == 1 else False) as bar:
-        trained = train(config, dataset, registry, key, on_epoch=bar)
+        trained = train(config, train_ds, registry, key, on_epoch=bar)
     loss, accuracy = (trained.metrics.get(k, float("nan")) for k in ("train_loss", "train_accuracy"))
     artifact = trained.artifact("model")
     print(
@@ -118,12 +120,12 @@ def _train(config: Config, dataset: Dataset, registry: Registry, key: RunKey) ->
     return trained
 
 
-def _evaluate_and_report(config: Config, registry: Registry, target: Run) -> int:
+def _evaluate_and_report(config: Config, registry: Registry, target: Run, eval_ds: Dataset) -> int:
     from mlci.commands.evaluate import print_evaluation
     from mlci.evaluate import evaluate_run
     from mlci.report import write_report
 
-    evaluation = evaluate_run(config, registry, target)
+    evaluation = evaluate_run(config, registry, target, eval_ds)
     print_evaluation(evaluation)
     folder = write_report(config, registry, registry.run(target.id))
     print(f"report: {_shown(folder / 'report.html')} (also report.md, gates.xml)")
