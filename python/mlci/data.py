@@ -1,13 +1,15 @@
 """The data check and the dataset the pipeline trains on.
 
-`check(config)` reads every CSV in `config.data.files`, validates it against the schema (schema.py) and returns
-all rows as one Dataset; the first problem raises DataError naming the file, the 1-based data row (the header
-is not counted: row N is file line N+1), the column and the value. Byte-level problems (not UTF-8, binary
-junk) name the file line instead, since no row can be parsed there.
+`check(config)` reads every file in `config.data.files` (CSV, or Parquet: parquet.py), validates it against the
+schema (schema.py) and returns all rows as one Dataset; `validate(config)` runs the same checks keeping no rows
+(`mlci data`); `load_splits(config)` gives the train and eval splits in about the memory of the data once. The
+first problem raises DataError naming the file, the 1-based data row (the header is not counted: row N is file
+line N+1), the column and the value. Byte-level problems (not UTF-8, binary junk) name the file line instead,
+since no row can be parsed there.
 
-Files are read in chunks (see "one file" below): memory holds the float32/int64 arrays of the rows and one chunk,
-whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files` runs on the no-op
-path of `mlci train`.
+Files are read in chunks (see "one file" below): memory holds the rows kept (a float32 array filled in place, or
+none) and one chunk, whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files`
+runs on the no-op path of `mlci train`.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ def _reread(config: Config, schema: Schema, counts: list[tuple[str, int]], at: n
 # header or no data rows, the header, the first row of the wrong width, then the first bad cell of the first
 # column (schema order, label last) that has one.
 
-_BLOCK = 1 << 24  # bytes read at a time; about the size of one parsed chunk
+_BLOCK = 1 << 22  # bytes read at a time; about the size of one parsed chunk (which takes ~15x in memory)
 _BATCH = 1 << 16  # records checked at a time on the csv.reader path
 _UTF8_BOM = b"\xef\xbb\xbf"
 _NOT_CONTROL = bytes(b for b in range(256) if not _CONTROL_BYTES.fullmatch(bytes([b])))

@@ -59,6 +59,23 @@ def test_same_inputs_same_weights(config: Config, train_split: data.Dataset) -> 
     assert not torch.equal(other.model.net[0].weight, a.model.net[0].weight)
 
 
+def test_standardization_and_scoring_in_blocks_give_the_whole_arrays_figures(train_split: data.Dataset) -> None:
+    """Bounded memory (a few columns, a batch of rows at a time) must not change the model's inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (20_000, 9)).astype(np.float32)
+    mean, std = train.standardization(data.Dataset(list("abcdefghi"), [0], x, np.zeros(len(x), np.int64)))
+    whole = x.astype(np.float64)
+    assert mean.numpy().tobytes() == whole.mean(axis=0).astype(np.float32).tobytes()
+    assert std.numpy().tobytes() == whole.std(axis=0).astype(np.float32).tobytes()
+    model = train.fit(load_config(ROOT / "mlci.toml", ["train.epochs=1", "train.device=cpu"]), train_split).model
+    loss, accuracy = train.score(model, train_split, batch_size=100)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(train_split.x))
+    y = torch.from_numpy(train_split.y)
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert accuracy == float((logits.argmax(1) == y).double().mean())
+
+
 def test_a_bad_factory_records_no_run(config: Config, tmp_path: Path) -> None:
     bad = load_config(config.root / "mlci.toml", ["train.epochs=1", "model.params={ width = 3 }"])
     with Registry(tmp_path / "registry.db") as registry, pytest.raises(ConfigError, match=r"model\.params"):
