@@ -155,3 +155,16 @@ def test_mlci_data_checks_a_parquet_file(tmp_path: Path) -> None:
         [sys.executable, "-m", "mlci", "data", "--config", str(tmp_path / "mlci.toml")], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.startswith("data OK: 1797 rows, 64 features + label"), done
+
+
+def test_the_load_test_sends_the_first_rows_of_a_parquet_data_file(tmp_path: Path) -> None:
+    from mlci.loadtest import payload
+
+    config = project(tmp_path, bundled())
+    rows, source = payload.bundled_rows(config, None, 64)
+    first = bundled().slice(0, payload.MAX_ROWS).to_pylist()
+    assert rows == [[float(r[f"px_{i // 8}_{i % 8}"]) for i in range(64)] for r in first]
+    assert source == f"first {payload.MAX_ROWS} rows of f0.parquet"
+    project(tmp_path, bundled().drop_columns(["px_0_3"]))
+    with pytest.raises(DataError, match="no column 'px_0_3'"):
+        payload.bundled_rows(config, None, 64)
