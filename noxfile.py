@@ -90,6 +90,12 @@ def periodic(session: nox.Session) -> None:
     _mlci(session, "train")
 
 
+@nox.session(default=False)
+def runs(session: nox.Session) -> None:
+    """The registry at a glance, newest first (-- --limit N); `-- show REF` for one run in full."""
+    _mlci(session, "runs")
+
+
 @nox.session
 def evaluate(session: nox.Session) -> None:
     """Evaluate the latest run against the champion and apply the gates (exit 1 when one fails)."""
@@ -100,6 +106,12 @@ def evaluate(session: nox.Session) -> None:
 def report(session: nox.Session) -> None:
     """Write reports/<run>/: report.md, report.html, plots and gates.xml (JUnit)."""
     _mlci(session, "report")
+
+
+@nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """This checkout against a base git revision (-- origin/main): a markdown pull-request comment."""
+    _mlci(session, "compare")
 
 
 @nox.session(default=False)

@@ -58,7 +58,13 @@ TARGET_P99_RATIO = 1.5
 TARGET_ROLLBACK_S = 30.0
 TARGET_LOCAL_FIRST_S = 60.0
 TARGET_LOCAL_NOOP_S = 5.0
-SHORT = {"train": {"epochs": 10}, "evaluate": {"bootstrap": 200}, "loadtest": {"duration_s": 4, "users": 8}}
+# The canary's latency limits are loose here: the bench measures the rollout under load, and on a shared 2-core
+# machine the canary's own p99 (its gate) can pass 100 ms while other work runs.
+SHORT = {
+    "train": {"epochs": 10},
+    "evaluate": {"bootstrap": 200},
+    "loadtest": {"duration_s": 4, "users": 8, "p95_ms": 250.0, "p99_ms": 500.0},
+}
 LOAD_USERS = 8
 LOADBALANCER_PLAY = "- name: Load balancer\n  hosts: loadbalancer\n  roles: [loadbalancer]\n"
 # Ansible's floor for a rolling update: the same hosts, the same batches, one round trip each.
@@ -149,12 +155,14 @@ def lb_url(hosts: list[SandboxHost]) -> str:
     return f"http://{lb.address}"
 
 
-def load(project: Path, url: str, seconds: int, out: Path) -> subprocess.Popen[bytes]:
+def load(project: Path, url: str, seconds: int, out: Path, user_rps: float = 0.0) -> subprocess.Popen[bytes]:
     """Locust through the load balancer for `seconds` (bounded), its summary in `out`. The SLO parts that
-    compare with the champion or ask a rate are off: this load is a probe, its gate is not the point."""
+    compare with the champion or ask a rate are off: this load is a probe, its gate is not the point.
+    user_rps 0 is a closed loop (each user sends as soon as it has its answer: the servers run flat out);
+    above 0 each user sends at that fixed rate (an open-loop load below capacity, as production traffic)."""
     cmd = [sys.executable, "-m", "mlci", "loadtest", "--url", url, "--duration", str(seconds),
            "--users", str(LOAD_USERS), "--output", str(out),
-           "loadtest.max_p95_vs_champion=0", "loadtest.min_rps=0"]  # fmt: skip
+           "loadtest.max_p95_vs_champion=0", "loadtest.min_rps=0", f"loadtest.user_rps={user_rps}"]  # fmt: skip
     log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115  (closed with the process, in figures())
     return subprocess.Popen(cmd, cwd=project, env=environment(), stdout=log, stderr=log)
 
@@ -164,6 +172,25 @@ def figures(proc: subprocess.Popen[bytes], out: Path, seconds: int) -> dict:
     if code not in (0, 1) or not (out / "summary.json").is_file():
         sys.exit(f"bench: the load test exited {code}:\n{out.with_suffix('.log').read_text()[-3000:]}")
     return json.loads((out / "summary.json").read_text())["figures"]
+
+
+# One burner process: busy `share` of every 10 ms slice, asleep the rest, for `seconds`.
+BURN = """
+import sys, time
+share, seconds, slice_s = float(sys.argv[1]), float(sys.argv[2]), 0.01
+end = time.perf_counter() + seconds
+while (now := time.perf_counter()) < end:
+    busy_until = now + slice_s * share
+    while time.perf_counter() < busy_until:
+        pass
+    time.sleep(slice_s * (1 - share))
+"""
+
+
+def burner(cores: float, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """Processes that together use `cores` of CPU for `seconds`: the deploy's controller CPU without a deploy."""
+    count = max(1, int(cores + 0.999))
+    return [subprocess.Popen([sys.executable, "-c", BURN, str(cores / count), str(seconds)]) for _ in range(count)]
 
 
 def two_host_inventory(project: Path) -> list[str]:
@@ -201,6 +228,23 @@ def deploy(project: Path, env: str, run_id: str, label: str) -> Timed:
     return done
 
 
+def loads(steady: dict, during: dict, label: str) -> None:
+    """Print a steady-state load and a load beside something else, and their p99 ratio against the target."""
+    if label:
+        print(f"  ({label})")
+    for name, f in (("steady state, just before", steady), ("during", during)):
+        print(
+            f"  load {name:<26} {f['requests']:6d} requests, {f['failures']} failed, {f['rps']:6.1f} req/s, "
+            f"p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms, p99 {f['p99_ms']} ms"
+        )
+    if steady["p99_ms"] and during["p99_ms"]:
+        ratio = during["p99_ms"] / steady["p99_ms"]
+        print(
+            f"  p99 during / steady = {ratio:.2f}x   target <= {TARGET_P99_RATIO}x: "
+            f"{verdict(ratio <= TARGET_P99_RATIO)}; failed requests: {during['failures']}"
+        )
+
+
 def bench_sandbox(tmp: Path, duration: int) -> None:
     with sandbox() as hosts:
         serving = [h.name for h in hosts if "serving" in h.groups]
@@ -233,10 +277,29 @@ def bench_sandbox(tmp: Path, duration: int) -> None:
         during = figures(proc, tmp / "during", duration)
         walk3 = [playbook(project, inventory, plain) for _ in range(3)]
 
+        # The bound this machine allows: the same closed-loop load with only the deploy's controller CPU
+        # (ansible, the canary's Locust) spent beside it by a burner, no deploy at all.
+        controller_cores = rollout.cpu / rollout.wall
+        burners = burner(controller_cores, duration)
+        bound = figures(load(project, url, duration, tmp / "bound"), tmp / "bound", duration)
+        for b in burners:
+            b.wait()
+
         # 2. Rollback (to run A).
         rollback = mlci(project, "rollback", "--env", ENV)
         if f"rolled back: run {run_a}" not in rollback.stdout:
             sys.exit(f"bench: rollback did not return run {run_a}:\n{rollback.stdout[-3000:]}")
+
+        # 1b. The same rolling update under an open-loop load at half the closed loop's throughput.
+        run_e = train(project, seed=14)
+        user_rps = round(steady["rps"] / 2 / LOAD_USERS, 1)
+        steady_open = figures(
+            load(project, url, duration, tmp / "steady-open", user_rps), tmp / "steady-open", duration
+        )
+        proc = load(project, url, duration, tmp / "during-open", user_rps)
+        time.sleep(3)
+        rollout_open = deploy(project, ENV, run_e, "rolling update under an open-loop load")
+        during_open = figures(proc, tmp / "during-open", duration)
         plain3 = Timed(statistics.median(t.wall for t in walk3), statistics.median(t.cpu for t in walk3), "")
         base = plain3.wall
         print(f"\n1. rolling model update, 3 serving hosts, under load through the load balancer ({duration} s, "
@@ -247,17 +310,13 @@ def bench_sandbox(tmp: Path, duration: int) -> None:
             f"{verdict(rollout.wall <= TARGET_ROLLOUT_S)}"
         )
         print(f"  the deploy covered {min(1.0, rollout.wall / duration):.0%} of the load's {duration} s")
-        for name, f in (("steady state, just before", steady), ("during the deploy", during)):
-            print(
-                f"  load {name:<26} {f['requests']:6d} requests, {f['failures']} failed, {f['rps']:6.1f} req/s, "
-                f"p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms, p99 {f['p99_ms']} ms"
-            )
-        if steady["p99_ms"] and during["p99_ms"]:
-            ratio = during["p99_ms"] / steady["p99_ms"]
-            print(
-                f"  p99 during / steady = {ratio:.2f}x   target <= {TARGET_P99_RATIO}x: "
-                f"{verdict(ratio <= TARGET_P99_RATIO)}; failed requests during the deploy: {during['failures']}"
-            )
+        loads(steady, during, "closed loop: the servers run flat out")
+        print(f"  bound: the same closed-loop load beside a burner using the deploy's controller CPU "
+              f"({controller_cores:.2f} cores), no deploy:")  # fmt: skip
+        loads(steady, bound, "")
+        print(f"\n1b. the same rolling update under an open-loop load: {LOAD_USERS} users at {user_rps} req/s each "
+              f"(half the closed loop's throughput); deploy {rollout_open.wall:.1f} s")  # fmt: skip
+        loads(steady_open, during_open, "open loop")
         print("\n2. rollback, 3 serving hosts")
         print(
             f"  mlci rollback --env {ENV}: {rollback.wall:6.1f} s = {rollback.wall / base:5.1f}x the plain batch walk "

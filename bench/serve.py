@@ -1,6 +1,8 @@
 """Serving benchmark: a naive per-request FastAPI handler vs `mlci serve`, both driven by wrk.
 
     python3 bench/serve.py [--duration 5] [--artifact DIR]
+    python3 bench/serve.py --workers 1,2,4 [--duration 5]
+    python3 bench/serve.py --rows 64 [--duration 5]
 
 (a) naive (bench/serve_naive.py): what a user writes without mlci: a FastAPI app with a pydantic body and a
     sync `def` endpoint that runs one torch forward per request (FastAPI runs it in its thread pool).
@@ -10,6 +12,11 @@ Both serve the same artifact (an untrained digits-shaped MLP unless --artifact i
 KServe v2 request body; wrk runs at concurrency 1 and 64 for a fixed time each (after a short warm-up).
 Prints RPS, p50, p99 and the server's CPU time per request (user + system, all threads: steadier than
 wall-clock figures on a busy machine) per server and concurrency, and mlci's ratios to the naive server.
+--workers: mlci only, at c=64, once per serving.workers value, with wrk pinned to a core of its own and the
+server to the others (taskset); prints requests/s per worker count, the ratio to one worker and the cores
+each side had. N workers should reach 0.8 x N x one worker's throughput when the server has N cores.
+--rows N: mlci only, at c=64, requests of N rows sent as JSON and as binary tensor data (what tritonclient
+sends); prints both and the ratio: big inputs should not pay for JSON.
 Targets (2-core machine, client on the same machine): c=64 >= 10x naive RPS with p99 <= 20 ms; c=1
 p50 <= 0.3 ms. Timings on a shared machine are noisy: compare ratios from one run, not runs.
 """
@@ -17,6 +24,7 @@ p50 <= 0.3 ms. Timings on a shared machine are noisy: compare ratios from one ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -107,10 +115,23 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, lua: Path, connections: int, duration: int, pid: int) -> dict[str, float]:
-    cpu0 = _cpu_seconds(pid)
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (worker processes)."""
+    total = _cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):  # it just exited
+                total += _cpu_seconds(int(child))
+    return total
+
+
+def wrk(
+    url: str, lua: Path, connections: int, duration: int, pid: int, cores: list[int] | None = None
+) -> dict[str, float]:
+    cpu0 = _tree_cpu_seconds(pid)
+    pin = ["taskset", "-c", ",".join(map(str, cores))] if cores else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+        [*pin, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
         check=True,
         capture_output=True,
         text=True,
@@ -122,7 +143,7 @@ def wrk(url: str, lua: Path, connections: int, duration: int, pid: int) -> dict[
     errors = re.search(r"Socket errors:.*", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
     return {
-        "cpu_us": (_cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6,
+        "cpu_us": (_tree_cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6,
         "rps": rps,
         "p50_ms": p50,
         "p99_ms": p99,
@@ -139,6 +160,23 @@ def _lua(body: str, folder: Path) -> Path:
     return path
 
 
+def _binary_lua(row: list[float], rows: int, folder: Path) -> Path:
+    """A wrk script posting `rows` copies of `row` as binary tensor data (JSON request, then the FP32 bytes)."""
+    import numpy as np
+
+    blob = np.array([row] * rows, dtype="<f4").tobytes()
+    params = {"binary_data_size": len(blob)}
+    head = {"inputs": [{"name": "input", "shape": [rows, len(row)], "datatype": "FP32", "parameters": params}]}
+    header = json.dumps(head).encode()
+    body = "".join(f"\\{b}" for b in header + blob)  # Lua decimal escapes: any byte
+    path = folder / "post-binary.lua"
+    path.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
+        f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\nwrk.body = "{body}"\n'
+    )
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default %(default)s)")
@@ -146,6 +184,8 @@ def main() -> int:
     ap.add_argument("--artifact", type=Path, help="artifact directory (default: a fresh untrained MLP)")
     ap.add_argument("--config", default=str(ROOT / "mlci.toml"))
     ap.add_argument("--only", choices=["naive", "mlci"], help="run one server only")
+    ap.add_argument("--workers", help="comma-separated serving.workers values to compare (mlci only, c=64)")
+    ap.add_argument("--rows", type=int, default=1, help="> 1: compare N-row requests in JSON and in binary")
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides for mlci serve")
     args = ap.parse_args()
 
@@ -160,13 +200,18 @@ def main() -> int:
         lua = _lua(json.dumps(body), tmp)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
+        if args.rows > 1:
+            json_lua = _lua(json.dumps(_rows_body(row, args.rows)), tmp)
+            _json_vs_binary(artifact, json_lua, _binary_lua(row, args.rows, tmp), args, env, tmp)
+            return 0
+        if args.workers:
+            counts = [int(n) for n in args.workers.split(",")]
+            _scaling(counts, artifact, lua, args, env, tmp)
+            return 0
         servers: dict[str, list[str]] = {
             "naive": [sys.executable, str(Path(__file__).with_name("serve_naive.py")), str(artifact), "{port}"],
-            "mlci": [
-                sys.executable, "-m", "mlci", "serve", "--artifact", str(artifact), "--config", args.config,
-                "serving.port={port}", "serving.management_port=0", *args.overrides,
-            ],
-        }  # fmt: skip
+            "mlci": _mlci_cmd(artifact, args.config, "{port}", args.overrides),
+        }
         results: dict[str, dict[int, dict[str, float]]] = {}
         for name, cmd in servers.items():
             if args.only and name != args.only:
@@ -201,6 +246,78 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _mlci_cmd(artifact: Path, config: str, port: int | str, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "mlci", "serve", "--artifact", str(artifact), "--config", config,
+        f"serving.port={port}", "serving.management_port=0", *overrides,
+    ]  # fmt: skip
+
+
+def _rows_body(row: list[float], rows: int) -> dict:
+    return {"inputs": [{"name": "input", "shape": [rows, len(row)], "datatype": "FP32", "data": row * rows}]}
+
+
+def _json_vs_binary(artifact: Path, json_lua: Path, binary_lua: Path, args: argparse.Namespace, env: dict, tmp: Path):
+    port = _free_port()
+    with open(tmp / "rows.log", "wb") as out:
+        proc = subprocess.Popen(
+            _mlci_cmd(artifact, args.config, port, args.overrides), env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc, timeout=180)
+        url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
+        results = {}
+        for name, lua in (("JSON", json_lua), ("binary", binary_lua)):
+            if args.warmup:
+                wrk(url, lua, 64, args.warmup, proc.pid)
+            results[name] = r = wrk(url, lua, 64, args.duration, proc.pid)
+            print(
+                f"{name:>6} {args.rows} rows c=64 {r['rps']:>8.0f} RPS  p50 {r['p50_ms']:>7.3f} ms  "
+                f"p99 {r['p99_ms']:>7.3f} ms  server CPU {r['cpu_us']:>6.0f} us/request  non-2xx {r['non_2xx']}",
+                flush=True,
+            )
+    finally:
+        _stop(proc)
+    print(f"binary / JSON throughput: {results['binary']['rps'] / results['JSON']['rps']:.1f}x")
+
+
+def _scaling(counts: list[int], artifact: Path, lua: Path, args: argparse.Namespace, env: dict, tmp: Path) -> None:
+    """Requests/s at c=64 per serving.workers value; wrk on a core of its own when there are two or more."""
+    cores = sorted(os.sched_getaffinity(0))
+    wrk_cores, server_cores = (cores[-1:], cores[:-1]) if len(cores) > 1 else (cores, cores)
+    print(f"cores: server {server_cores}, wrk {wrk_cores}" + (" (shared)" if wrk_cores == server_cores else ""))
+    base = None
+    for n in counts:
+        port = _free_port()
+        cmd = ["taskset", "-c", ",".join(map(str, server_cores))]
+        cmd += _mlci_cmd(artifact, args.config, port, [f"serving.workers={n}", *args.overrides])
+        log = tmp / f"workers-{n}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            try:
+                _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc, timeout=180)
+            except SystemExit:
+                print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
+            url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
+            if args.warmup:
+                wrk(url, lua, 64, args.warmup, proc.pid, wrk_cores)
+            r = wrk(url, lua, 64, args.duration, proc.pid, wrk_cores)
+        finally:
+            _stop(proc)
+        if base is None:  # one worker's throughput (the first count's, per worker)
+            base = r["rps"] / n
+        scale = r["rps"] / base
+        print(
+            f"workers={n:<2} c=64 {r['rps']:>9.0f} RPS  p50 {r['p50_ms']:>7.3f} ms  p99 {r['p99_ms']:>7.3f} ms  "
+            f"server CPU {r['cpu_us']:>6.0f} us/request  = {scale:.2f} x one worker "
+            f"(target >= {0.8 * min(n, len(server_cores)):.1f}: the server had {len(server_cores)} core(s))  "
+            f"non-2xx {r['non_2xx']}",
+            flush=True,
+        )
 
 
 def _summary(results: dict[str, dict[int, dict[str, float]]]) -> None:

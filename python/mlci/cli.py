@@ -16,12 +16,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mlci.commands.train", "data check, train (or reuse), evaluate, report; exit code of the gates"),
     "evaluate": ("mlci.commands.evaluate", "evaluate a run against the champion and apply the gates"),
     "report": ("mlci.commands.report", "write reports/<run>/ (markdown, html, plots, gates.xml)"),
+    "compare": ("mlci.commands.compare", "this checkout against a base git revision: a pull-request comment"),
     "serve": ("mlci.commands.serve", "serve a model artifact over the Open Inference Protocol"),
     "loadtest": ("mlci.commands.loadtest", "Locust load test against a URL with an SLO gate"),
     "smoke": ("mlci.commands.smoke", "send an artifact's known input to a server and check its known output"),
     "deploy": ("mlci.commands.deploy", "gated rolling deploy of a run to an environment's serving hosts"),
     "rollback": ("mlci.commands.rollback", "every serving host back to the previous champion"),
     "status": ("mlci.commands.status", "which model each serving host serves (through SSH) vs the champion"),
+    "runs": ("mlci.commands.runs", "the registry at a glance, newest first; `runs show REF` for one run"),
+    "lease": ("mlci.commands.lease", "run a command on k free GPUs: mlci lease --gpus K -- COMMAND ..."),
     "sandbox": ("mlci.commands.sandbox", "up|down|status: local SSH test hosts on the Docker engine"),
 }
 

@@ -88,6 +88,9 @@ class TrainConfig:
     # Data-parallel processes (torchrun/DDP; `--nproc N` sets it). batch_size is the global batch, split
     # across them. Part of the run key: a different sharding trains a different model.
     nproc: int = _checked(1, positive())
+    # Train on every host of inventories/<fleet>'s gpu_runners group at once (torchrun, rendezvous on the
+    # first; nproc processes on each); "" = on this machine. Part of the run key like nproc.
+    fleet: str = ""
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,10 @@ class ServingConfig:
         default_factory=list,
         metadata={"checks": ((lambda v: all(":" in f for f in v), "every entry must be 'module:function'"),)},
     )
+    # Worker processes serving inference on the one port (SO_REUSEPORT), each with its own event loop and
+    # batcher; "auto": one per CPU core this process may run on. The management API stays one (it swaps and
+    # rolls back every worker or none). 1: a single process, no supervisor.
+    workers: int | Literal["auto"] = _checked(1, (lambda v: v == "auto" or v > 0, 'must be > 0 or "auto"'))
 
 
 @dataclass(frozen=True)
@@ -378,4 +385,6 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))

@@ -71,3 +71,42 @@ def confusion(path: Path, matrix: list[list[int]], classes: list[str], *, title:
     finally:
         plt.close(fig)
     return path
+
+
+def over_runs(
+    path: Path,
+    series: dict[str, list[tuple[str, float, float | None, float | None]]],
+    limits: dict[str, float],
+    *,
+    title: str,
+) -> Path | None:
+    """Each named series as (run id, point, low, high) in run order, intervals as error bars, and each gate's
+    limit as a dashed line of the same colour; None (and no file) when there is nothing to draw."""
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return None
+    plt = _pyplot()
+    runs = list(dict.fromkeys(p[0] for points in series.values() for p in points))  # callers give run order
+    x = {run: i for i, run in enumerate(runs)}
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.4, 0.2 * len(runs))), 3.6))
+    try:
+        for name, points in series.items():
+            xs = [x[p[0]] for p in points]
+            ys = [p[1] for p in points]
+            below = [p[1] - p[2] if p[2] is not None else 0.0 for p in points]
+            above = [p[3] - p[1] if p[3] is not None else 0.0 for p in points]
+            line = ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=name)
+            if name in limits:
+                ax.axhline(limits[name], linestyle="--", color=line[0].get_color(), label=f"{name} gate")
+        every = -(-len(runs) // 24)  # at most 24 labels, however many runs
+        shown = range(len(runs) - 1, -1, -every)[::-1]  # always label the newest
+        ax.set_xticks(list(shown), [runs[i] for i in shown], rotation=90 if len(shown) > 12 else 0)
+        ax.set_xlabel("run")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=_DPI)
+    finally:
+        plt.close(fig)
+    return path

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlci import plots
+from mlci import dashboard, plots
 from mlci.config import Config
 from mlci.errors import UsageError
 from mlci.evaluate import Difference, Evaluation, Interval, Metrics, difference, evaluate, score, stored
@@ -251,7 +251,8 @@ img { max-width: 100%; }
 
 def render_html(blocks: list[Block], title: str) -> str:
     esc = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style>"]
+    out = ["<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"]  # no favicon request
+    out.append(f"<title>{esc(title)}</title><style>{_CSS}</style>")
     out.append("</head><body>")
     for b in blocks:
         if isinstance(b, Heading):
@@ -315,6 +316,7 @@ def write_report(config: Config, registry: Registry, run: Run, *, compare: str |
     (folder / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=2, sort_keys=True) + "\n")
     (folder / "report.md").write_text(render_markdown(blocks, folder), encoding="utf-8")
     (folder / "report.html").write_text(render_html(blocks, f"{config.project.name} {run.id}"), encoding="utf-8")
+    dashboard.write(config, registry)  # reports/index.html lists this report
     return folder
 
 

@@ -23,6 +23,7 @@ from mlci import device as devices
 from mlci.config import Config
 
 if TYPE_CHECKING:
+    from mlci.artifacts import ArtifactRef
     from mlci.data import Dataset
     from mlci.model import Classifier
     from mlci.registry import Registry, Run
@@ -59,7 +60,12 @@ def train(
     from mlci.model import build_model
 
     nproc = config.train.nproc
-    device = devices.choose(config.train.device)
+    fleet = config.train.fleet
+    if fleet:  # each node chooses its own device; this machine only coordinates
+        from mlci import fleet_train
+
+        where = fleet_train.runners(config)
+    device = None if fleet else devices.choose(config.train.device)
     # A bad model.factory/params is a config error (exit 2): raise it before a run is recorded.
     build_model(
         config.model.factory, config.model.params, len(train_ds.features), len(train_ds.classes), source=config.source
@@ -67,13 +73,15 @@ def train(
     run = registry.create_run(
         key.key,
         params=config.to_dict(),
-        environment=environment(device, nproc),
+        environment=fleet_train.environment(config, where) if fleet else environment(device, nproc),
         git_commit=key.git_commit,
         dirty=key.dirty,
         data_hash=key.data_hash,
     )
     try:
-        if nproc > 1:
+        if fleet:
+            fleet_train.train(config, registry, run, where)
+        elif nproc > 1:
             from mlci import ddp
 
             ddp.launch(config, registry.path, run.id, nproc, device.kind)
@@ -119,16 +127,24 @@ def log_epoch_metrics(registry: Registry, run_id: str, stats: EpochStats) -> Non
 
 def record(config: Config, registry: Registry, run: Run, train_ds: Dataset, fitted: Fitted) -> None:
     """Final train metrics (the finished model on the whole training split) and the model artifact."""
-    from mlci.artifacts import package
-
     loss, accuracy = score(fitted.model, train_ds)
     registry.log_metrics(run.id, {"train_loss": loss, "train_accuracy": accuracy})
-    ref = package(
-        config.path(config.registry.artifacts),
-        fitted.model,
+    ref = package_model(config, config.path(config.registry.artifacts), run.id, run.seq, train_ds, fitted.model)
+    registry.add_artifact(run.id, "model", ref.path, ref.sha256, ref.bytes)
+
+
+def package_model(
+    config: Config, root: Path, run_id: str, seq: int, train_ds: Dataset, model: Classifier
+) -> ArtifactRef:
+    """The trained model as an artifact under `root`, its smoke test made of real training rows."""
+    from mlci.artifacts import package
+
+    return package(
+        root,
+        model,
         model_name=config.serving.model_name,
-        version=run.seq,
-        run_id=run.id,
+        version=seq,
+        run_id=run_id,
         factory=config.model.factory,
         params=config.model.params,
         features=list(train_ds.features),
@@ -136,7 +152,6 @@ def record(config: Config, registry: Registry, run: Run, train_ds: Dataset, fitt
         smoke_input=smoke_rows(train_ds),
         config=config.to_dict(),
     )
-    registry.add_artifact(run.id, "model", ref.path, ref.sha256, ref.bytes)
 
 
 def smoke_rows(ds: Dataset) -> list[list[float]]:

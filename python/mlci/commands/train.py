@@ -1,5 +1,5 @@
-"""`mlci train [--force] [--rehash] [--nproc N]`: data check -> train (or reuse) -> evaluate -> report; exit code
-of the gates.
+"""`mlci train [--force] [--rehash] [--nproc N] [--fleet NAME]`: data check -> train (or reuse) -> evaluate ->
+report; exit code of the gates.
 
 The no-op path (a succeeded run with the same run key exists) reads only the config, the data files' stat (their
 bytes only when the stat changed, or with --rehash), git and the registry, and imports neither torch nor numpy nor
@@ -33,7 +33,12 @@ def run(argv: Sequence[str]) -> int:
         help="hash every data file again, even those whose stat is unchanged since the last run (= data.rehash=true)",
     )
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes via torchrun (= train.nproc=N)")
+    p.add_argument(
+        "--fleet", metavar="NAME", help="train on all gpu_runners of inventories/NAME at once (= train.fleet=NAME)"
+    )
     args = parse(p, argv)
+    if args.fleet is not None:
+        args.overrides.append(f"train.fleet={args.fleet}")
     if args.nproc is not None:
         args.overrides.append(f"train.nproc={args.nproc}")
     if args.rehash:
@@ -104,17 +109,25 @@ def _train(config: Config, train_ds: Dataset, registry: Registry, key: RunKey) -
     started = time.perf_counter()
     t = config.train
     what = f"training ({t.epochs} epochs" + (f", {t.nproc} processes)" if t.nproc > 1 else ")")
-    # With torchrun, rank 0 draws its own bar (the epochs happen in the workers).
-    with epoch_bar(t.epochs, what, enabled=None if t.nproc == 1 else False) as bar:
+    # With torchrun, rank 0 draws its own bar (the epochs happen in the workers); a fleet's are on its runners.
+    with epoch_bar(t.epochs, what, enabled=None if t.nproc == 1 and not t.fleet else False) as bar:
         trained = train(config, train_ds, registry, key, on_epoch=bar)
     loss, accuracy = (trained.metrics.get(k, float("nan")) for k in ("train_loss", "train_accuracy"))
     artifact = trained.artifact("model")
-    print(
-        f"trained run {trained.id} in {time.perf_counter() - started:.1f} s on {trained.environment.get('device')}"
-        f" ({trained.environment.get('precision')}, {t.nproc} process{'es' if t.nproc > 1 else ''}):"
-        f" train loss {loss:.4f}, train accuracy {accuracy:.4f}"
-    )
-    print(f"device: {trained.environment.get('device')} ({trained.environment.get('device_why')})")
+    env = trained.environment
+    if t.fleet:
+        print(
+            f"trained run {trained.id} in {time.perf_counter() - started:.1f} s on fleet {env.get('fleet')}"
+            f" ({', '.join(env.get('nodes', []))}; {env.get('world_size')} processes):"
+            f" train loss {loss:.4f}, train accuracy {accuracy:.4f}"
+        )
+    else:
+        print(
+            f"trained run {trained.id} in {time.perf_counter() - started:.1f} s on {env.get('device')}"
+            f" ({env.get('precision')}, {t.nproc} process{'es' if t.nproc > 1 else ''}):"
+            f" train loss {loss:.4f}, train accuracy {accuracy:.4f}"
+        )
+        print(f"device: {env.get('device')} ({env.get('device_why')})")
     if artifact is not None:
         print(f"model artifact: {_shown(artifact.path)} (sha256 {artifact.sha256[:12]}, {artifact.bytes} bytes)")
     return trained

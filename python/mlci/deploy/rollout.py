@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlci import dashboard
 from mlci.config import Config
 from mlci.deploy import candidate
 from mlci.deploy.inventory import InventoryHost, hosts, inventory_path
@@ -115,7 +116,7 @@ def deploy(
 ) -> Outcome:
     started = time.monotonic()
     where = target(config, env)
-    with exclusive(config, where.env):
+    with exclusive(config, where.env), dashboard.rewritten(config):  # reports/index.html shows the ledger
         return _deploy(config, where, run_ref, overrides, progress, started)
 
 
@@ -189,7 +190,7 @@ def rollback(
     """Every serving host back on the previous champion, which becomes the champion again."""
     started = time.monotonic()
     where = target(config, env)
-    with exclusive(config, where.env):
+    with exclusive(config, where.env), dashboard.rewritten(config):  # reports/index.html shows the ledger
         return _rollback(config, where, overrides, progress, started)
 
 

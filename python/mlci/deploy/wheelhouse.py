@@ -52,6 +52,8 @@ SERVING_REQUIREMENTS: tuple[str, ...] = (
 )
 # Not imported by the server: pip installs the others in an image whose Python has no pip (docker runtime).
 INSTALLER_REQUIREMENTS: tuple[str, ...] = ("pip",)
+# What a training node needs beyond the server's (mlci.fleet_worker): the data check reads the files with pyarrow.
+TRAINING_REQUIREMENTS: tuple[str, ...] = ("pyarrow",)
 
 # The checkout's files that make up the mlci wheel; everything else (tests, roles, data) stays out.
 _PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "setup.py", "MANIFEST.in")
@@ -79,11 +81,14 @@ class Pin:
         return f"{self.name}=={self.version}"
 
 
-def build(project_root: Path, cache_dir: Path, *, progress: Callable[[str], None] | None = None) -> Wheelhouse:
-    """The wheelhouse for the mlci checkout at `project_root`; reused from `cache_dir` when nothing changed."""
+def build(
+    project_root: Path, cache_dir: Path, *, progress: Callable[[str], None] | None = None, extra: Iterable[str] = ()
+) -> Wheelhouse:
+    """The wheelhouse for the mlci checkout at `project_root`; reused from `cache_dir` when nothing changed.
+    `extra` requirements (e.g. TRAINING_REQUIREMENTS) join the house; the mlci wheel still declares the server's."""
     say = progress or (lambda _msg: None)
     project_root, cache_dir = Path(project_root).resolve(), Path(cache_dir).resolve()
-    pins = serving_pins([*SERVING_REQUIREMENTS, *INSTALLER_REQUIREMENTS])
+    pins = serving_pins([*SERVING_REQUIREMENTS, *INSTALLER_REQUIREMENTS, *extra])
     sources = _source_files(project_root)
     # The pins are part of the mlci wheel (its Requires-Dist), so they key it as its sources do; the interpreter's
     # best wheel tag picks the dependency wheels, so a cache shared by two Pythons keeps their wheelhouses apart.

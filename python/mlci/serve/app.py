@@ -26,13 +26,14 @@ from mlci.serve.batching import Batcher
 from mlci.serve.http import JSON_HEADERS, Connection, Request, asgi_handler
 from mlci.serve.manager import ModelManager
 from mlci.serve.metrics import Metrics
-from mlci.serve.protocol import ProtocolError, encode_infer, error_body, parse_infer
+from mlci.serve.protocol import ProtocolError, encode_infer, encode_infer_binary, error_body, parse_infer
 
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
 log = logging.getLogger("mlci.serve")
 _RETRY = ((b"content-type", b"application/json"), (b"retry-after", b"1"))
+_BINARY = ((b"content-type", b"application/octet-stream"),)
 _UNAUTHORIZED = ((b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"))
 
 
@@ -95,7 +96,7 @@ class InferenceApp:
             model = self.model_for(parts[3], version)
             if self.batcher.full():
                 raise ProtocolError(503, "queue full: the server is overloaded; retry later")
-            req = parse_infer(r.read(), model.signature, self.max_rows)
+            req = parse_infer(r.read(), model.signature, self.max_rows, r.header(b"inference-header-content-length"))
         except ProtocolError as exc:
             self._refuse(r, conn, exc)
             return
@@ -105,13 +106,22 @@ class InferenceApp:
                 if error is not None:
                     raise error
                 rid = req.id if req.id is not None else str(next(self._ids))
-                out = encode_infer(self.manager.name, model.version, rid, logits, req, model.signature, model.classes)
+                if req.binary:
+                    out, json_length = encode_infer_binary(
+                        self.manager.name, model.version, rid, logits, req, model.signature, model.classes
+                    )
+                    headers = (*_BINARY, (b"inference-header-content-length", b"%d" % json_length))
+                else:
+                    out = encode_infer(
+                        self.manager.name, model.version, rid, logits, req, model.signature, model.classes
+                    )
+                    headers = JSON_HEADERS
             except Exception as exc:  # a server bug, not bad input: say so, keep serving
                 log.error("infer failed on %s: %s", r.path, exc, exc_info=exc)
                 metrics.count("infer", 500)
                 conn.respond(r, 500, error_body(f"internal error: {type(exc).__name__}: {exc}"))
                 return
-            conn.respond(r, 200, out)
+            conn.respond(r, 200, out, headers)
             metrics.count("infer", 200)
             metrics.latency.observe(time.perf_counter() - t0)
 
@@ -140,7 +150,7 @@ def _routes(app: InferenceApp) -> Any:
         return JSONResponse({"error": "missing or wrong bearer token"}, 401, {"www-authenticate": "Bearer"})
 
     async def server_metadata(request: StarletteRequest) -> Response:
-        return _json({"name": "mlci", "version": __version__, "extensions": []})
+        return _json({"name": "mlci", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def live(request: StarletteRequest) -> Response:
         return _json({"live": True})
@@ -173,7 +183,11 @@ def _routes(app: InferenceApp) -> Any:
         return _json({"name": manager.name, "version": model.version, "ready": True})
 
     async def metrics(request: StarletteRequest) -> Response:
-        return Response(app.metrics.render(), media_type=app.metrics.content_type)
+        try:
+            text = await app.metrics.exposition()
+        except TimeoutError:  # worker processes: one did not answer in time
+            return _json({"error": "metrics: not every worker process answered; retry"}, 503)
+        return Response(text, media_type=app.metrics.content_type)
 
     async def http_error(request: StarletteRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -14,6 +14,7 @@ A bearer token (Authorization: Bearer ...) is required on every route when one i
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
-def management_app(manager: ModelManager, token: bytes | None) -> Any:
+def management_app(manager: ModelManager | Any, token: bytes | None) -> Any:
     async def status(request: Request) -> Response:
         return _json(manager.status())
 
@@ -58,7 +59,8 @@ def management_app(manager: ModelManager, token: bytes | None) -> Any:
 
     async def rollback(request: Request) -> Response:
         try:
-            return _json(manager.rollback())
+            result = manager.rollback()
+            return _json(await result if inspect.isawaitable(result) else result)  # worker processes: async
         except ArtifactError as exc:
             return _json({"error": str(exc)}, 409)
 

@@ -68,6 +68,14 @@ class ModelManager:
 
         Refused (ArtifactError) when the artifact's model name, inputs or outputs differ from the current
         model's, unless `signature_change` says that is intended; and when its model factory is not allowed."""
+        model = await self.prepare(path, sha256=sha256, signature_change=signature_change)
+        return self.commit(model)
+
+    async def prepare(
+        self, path: Path, *, sha256: str | None = None, signature_change: bool = False
+    ) -> LoadedModel | None:
+        """The first half of `load`: the checked, warmed model, not serving yet (None: already serving these
+        weights). Worker processes prepare in all, then commit in all, so a refusal in one changes none."""
         if self.loading is not None:
             raise SwapBusy(f"already loading {self.loading}")
         self.loading = str(path)
@@ -91,7 +99,13 @@ class ModelManager:
         finally:
             self.loading = None
         if self.current is not None and self.current.sha256 == model.sha256:
-            return self.status()  # already serving these weights
+            return None  # already serving these weights
+        return model
+
+    def commit(self, model: LoadedModel | None) -> dict[str, Any]:
+        """Serve a prepared model (None: nothing to change)."""
+        if model is None:
+            return self.status()
         self.current, self.previous = model, self.current  # the flip: one assignment on the loop thread
         self.last_error = None
         self.metrics.model_version.set(_numeric(model.version))

@@ -1,4 +1,10 @@
-"""Open Inference Protocol (KServe v2) JSON tensors: check an infer request, encode its response.
+"""Open Inference Protocol (KServe v2) tensors: check an infer request, encode its response.
+
+JSON tensors, and the binary tensor data extension (what NVIDIA's tritonclient and perf_analyzer send by
+default): an `Inference-Header-Content-Length: N` request header says the body's first N bytes are the JSON
+request and the rest raw tensor bytes, in input order, each input's size in its `parameters.binary_data_size`
+(little-endian, row-major). Outputs are sent the same way when asked (`parameters.binary_data_output` for the
+request, `parameters.binary_data` per output): `encode_infer_binary`.
 
 Every check names the field it rejects (`inputs[0].shape`, `inputs[0].data[7]`) and the bad value, so a
 client can fix its request from the message alone. Nothing here touches the model.
@@ -6,6 +12,7 @@ client can fix its request from the message alone. Nothing here touches the mode
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -73,6 +80,7 @@ class InferRequest(NamedTuple):  # a NamedTuple: built once per request, cheaper
     x: np.ndarray  # (rows, n_features) float32
     id: str | None
     outputs: tuple[str, ...] | None  # None: every output
+    binary: frozenset[str] = frozenset()  # outputs to send as binary tensor data
 
 
 def error_body(message: str) -> bytes:
@@ -84,8 +92,21 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_infer(body: bytes, sig: Signature, max_rows: int) -> InferRequest:
-    """Check an infer request body against the model's signature; raise ProtocolError(400) naming the field."""
+def parse_infer(body: bytes, sig: Signature, max_rows: int, header_length: bytes | None = None) -> InferRequest:
+    """Check an infer request body against the model's signature; raise ProtocolError(400) naming the field.
+
+    `header_length`: the request's Inference-Header-Content-Length (binary tensor data follows the JSON)."""
+    binary = None
+    if header_length is not None:
+        n = header_length.strip()
+        if not n.isdigit() or int(n) > len(body):
+            raise ProtocolError(
+                400,
+                f"Inference-Header-Content-Length: {_short(n.decode('latin-1'))} is not a length within the "
+                f"body ({len(body)} bytes)",
+            )
+        binary = memoryview(body)[int(n) :]
+        body = body[: int(n)]
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -99,7 +120,13 @@ def parse_infer(body: bytes, sig: Signature, max_rows: int) -> InferRequest:
         raise ProtocolError(
             400, f"inputs: this model takes exactly 1 input tensor ({sig.input_name!r}), got {len(inputs)}"
         )
-    x = _parse_tensor(inputs[0], "inputs[0]", sig, max_rows)
+    x, used = _parse_tensor(inputs[0], "inputs[0]", sig, max_rows, binary)
+    if binary is not None and used != len(binary):
+        raise ProtocolError(
+            400,
+            f"body: {len(binary)} bytes of binary data follow the JSON request (Inference-Header-Content-"
+            f"Length), but the inputs' parameters.binary_data_size add up to {used}",
+        )
 
     rid = req.get("id")
     if rid is not None and type(rid) is not str:
@@ -107,10 +134,15 @@ def parse_infer(body: bytes, sig: Signature, max_rows: int) -> InferRequest:
     params = req.get("parameters")
     if params is not None and type(params) is not dict:
         raise ProtocolError(400, f"parameters: must be an object, got {_short(params)}")
-    return InferRequest(x, rid, _parse_outputs(req.get("outputs"), sig))
+    all_binary = params is not None and params.get("binary_data_output") is True
+    outputs, binary_outputs = _parse_outputs(req.get("outputs"), sig, all_binary)
+    return InferRequest(x, rid, outputs, binary_outputs)
 
 
-def _parse_tensor(t: Any, where: str, sig: Signature, max_rows: int) -> np.ndarray:
+def _parse_tensor(
+    t: Any, where: str, sig: Signature, max_rows: int, binary: memoryview | None
+) -> tuple[np.ndarray, int]:
+    """The tensor, and how many bytes of the binary data it took."""
     if type(t) is not dict:
         raise ProtocolError(400, f"{where}: must be an object with name, shape, datatype, data; got {_short(t)}")
     name = t.get("name")
@@ -135,6 +167,10 @@ def _parse_tensor(t: Any, where: str, sig: Signature, max_rows: int) -> np.ndarr
     rows = shape[0]
     if rows > max_rows:
         raise ProtocolError(400, f"{where}.shape: {rows} rows is more than serving.max_rows ({max_rows})")
+    params = t.get("parameters")
+    size = params.get("binary_data_size") if type(params) is dict else None
+    if size is not None:
+        return _binary_tensor(t, where, sig, rows, size, binary), size
     data = t.get("data")
     if type(data) is not list:
         raise ProtocolError(400, f"{where}.data: must be a list of numbers, got {_short(data)}")
@@ -156,15 +192,37 @@ def _parse_tensor(t: Any, where: str, sig: Signature, max_rows: int) -> np.ndarr
     if flat and not max(map(abs, flat)) <= FP32_MAX:
         bad = next(i for i, v in enumerate(flat) if not abs(v) <= FP32_MAX)
         raise ProtocolError(400, f"{where}.data[{bad}]: {flat[bad]!r} is not a finite FP32 number")
-    return np.array(flat, dtype=np.float32).reshape(rows, sig.n_features)
+    return np.array(flat, dtype=np.float32).reshape(rows, sig.n_features), 0
 
 
-def _parse_outputs(outputs: Any, sig: Signature) -> tuple[str, ...] | None:
+def _binary_tensor(t: dict, where: str, sig: Signature, rows: int, size: Any, binary: memoryview | None) -> np.ndarray:
+    key = f"{where}.parameters.binary_data_size"
+    if binary is None:
+        raise ProtocolError(400, f"{key}: binary data needs an Inference-Header-Content-Length request header")
+    if "data" in t:
+        raise ProtocolError(400, f"{where}: has both data and {key}; send one")
+    want = rows * sig.n_features * 4
+    if type(size) is not int or size != want:
+        raise ProtocolError(400, f"{key}: {_short(size)} bytes do not fill shape {t['shape']} (FP32: {want} bytes)")
+    if size > len(binary):
+        raise ProtocolError(
+            400, f"{key}: {size} bytes, but only {len(binary)} bytes of binary data follow the JSON request"
+        )
+    x = np.frombuffer(binary, dtype="<f4", count=rows * sig.n_features).astype(np.float32)  # a writable copy
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise ProtocolError(400, f"{where}: value {bad} ({x[bad]!r}) is not a finite FP32 number")
+    return x.reshape(rows, sig.n_features)
+
+
+def _parse_outputs(outputs: Any, sig: Signature, all_binary: bool) -> tuple[tuple[str, ...] | None, frozenset[str]]:
+    """The outputs asked for (None: all) and those to send as binary data."""
     if outputs is None:
-        return None
+        return None, frozenset(sig.output_names) if all_binary else frozenset()
     if type(outputs) is not list:
         raise ProtocolError(400, f"outputs: must be a list of {{'name': ...}} objects, got {_short(outputs)}")
     names = []
+    binary = set()
     for i, o in enumerate(outputs):
         name = o.get("name") if type(o) is dict else None
         if name not in sig.output_names:
@@ -172,7 +230,11 @@ def _parse_outputs(outputs: Any, sig: Signature) -> tuple[str, ...] | None:
                 400, f"outputs[{i}].name: {_short(name)} is not an output of this model ({', '.join(sig.output_names)})"
             )
         names.append(name)
-    return tuple(names)
+        params = o.get("parameters")
+        wanted = params.get("binary_data") if type(params) is dict else None
+        if wanted is True or (wanted is None and all_binary):
+            binary.add(name)
+    return tuple(names), frozenset(binary)
 
 
 def encode_infer(
@@ -196,3 +258,40 @@ def encode_infer(
         {"model_name": model_name, "model_version": version, "id": rid, "outputs": outputs},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+def encode_infer_binary(
+    model_name: str, version: str, rid: str, logits: np.ndarray, req: InferRequest, sig: Signature, classes: np.ndarray
+) -> tuple[bytes, int]:
+    """The v2 infer response with the outputs in `req.binary` as binary tensor data after the JSON.
+
+    Returns the body and the JSON part's length (the Inference-Header-Content-Length response header)."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    rows = logits.shape[0]
+    for name in req.outputs or sig.output_names:
+        if name == sig.output_name:
+            out: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": [rows, sig.n_classes]}
+            values: Any = logits.reshape(-1)
+            blob = values.astype("<f4").tobytes() if name in req.binary else b""
+        else:
+            labels = classes[logits.argmax(axis=1)]
+            out = {"name": "label", "datatype": sig.label_datatype, "shape": [rows]}
+            values = labels if labels.dtype.kind == "i" else labels.tolist()
+            if name not in req.binary:
+                blob = b""
+            elif sig.label_datatype == "INT64":
+                blob = labels.astype("<i8").tobytes()
+            else:  # BYTES: each element a 4-byte little-endian length, then its bytes
+                blob = b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode() for v in values))
+        if name in req.binary:
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = values
+        outputs.append(out)
+    header = orjson.dumps(
+        {"model_name": model_name, "model_version": version, "id": rid, "outputs": outputs},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    return b"".join((header, *blobs)), len(header)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -38,15 +39,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int, key: str, source: str) -> socket.socket:
+def listen(host: str, port: int, key: str, source: str, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
     except OSError as exc:
         raise ConfigError(source, key, port, f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
-def _uvicorn(app: Any, config: Config) -> _Server:
+def uvicorn_server(app: Any, config: Config) -> _Server:
     return _Server(
         uvicorn.Config(
             app,
@@ -73,56 +74,77 @@ def _device(preference: str, source: str) -> str:
     return preference
 
 
-def _url(sock: socket.socket) -> str:
+def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def worker_count(workers: int | str) -> int:
+    """serving.workers -> a number ("auto": the CPU cores this process may run on)."""
+    if workers == "auto":
+        return len(os.sched_getaffinity(0))
+    return int(workers)
 
 
 def serve(config: Config, artifact: Path, *, on_ready: ReadyCallback | None = None, server_version: str = "") -> None:
     """Serve `artifact` until SIGTERM/SIGINT. Raises ConfigError/ArtifactError before listening."""
     import uvloop
 
+    workers = worker_count(config.serving.workers)
+    if workers > 1:
+        from mlci.serve.fleet import serve_workers
+
+        serve_workers(config, Path(artifact), workers, on_ready=on_ready, server_version=server_version)
+        return
     uvloop.run(_serve(config, Path(artifact), on_ready, server_version))
 
 
-async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None, server_version: str) -> None:
+def management_token(config: Config) -> bytes | None:
+    s = config.serving
+    return token_from_env(
+        s.management_token_env,
+        "serving.management_token_env",
+        config.source,
+        required=not is_loopback(s.management_host),
+    )
+
+
+def new_manager(config: Config, metrics: Metrics, server_version: str) -> ModelManager:
+    """This process's model manager (torch threads set, device resolved); no model loaded yet."""
     import torch
 
     s = config.serving
     torch.set_num_threads(s.threads)
-    src = config.source
-    token = token_from_env(s.token_env, "serving.token_env", src, required=bool(s.token_env))
-    mgmt_token = token_from_env(
-        s.management_token_env,
-        "serving.management_token_env",
-        src,
-        required=not is_loopback(s.management_host),
-    )
-    metrics = Metrics(s.model_name)
-    device = _device(s.device, src)
-    factories = tuple(s.factories or [config.model.factory])
     manager = ModelManager(
         s.model_name,
         metrics,
         warm_rows=(1, s.max_batch_size),
         jit=s.jit,
-        device=device,
-        factories=factories,
+        device=_device(s.device, config.source),
+        factories=tuple(s.factories or [config.model.factory]),
         inline_forward_s=s.inline_forward_ms / 1000,
     )
     manager.server_version = server_version
-    await manager.load(artifact)  # an ArtifactError here stops the server before it listens
+    return manager
+
+
+def freeze_gc() -> None:
     # Everything alive now (torch, the model, the app) lives as long as the process: keep it out of the
     # cyclic GC, whose full passes over torch's objects otherwise show up as multi-millisecond tail latency.
     gc.collect()
     gc.freeze()
 
+
+def inference_server(
+    config: Config, manager: ModelManager, metrics: Metrics, sock: socket.socket
+) -> tuple[Batcher, LeanServer]:
+    """The inference listener's batcher and server for `sock` (not started)."""
+    s = config.serving
+    token = token_from_env(s.token_env, "serving.token_env", config.source, required=bool(s.token_env))
     batcher = Batcher(
         max_rows=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000, queue_size=s.queue_size, metrics=metrics
     )
     inference = InferenceApp(manager, batcher, metrics, max_rows=s.max_rows, token=token)
-    sock = _listen(s.host, s.port, "serving.port", src)
-    msock = _listen(s.management_host, s.management_port, "serving.management_port", src)
     inference.bind(sock.getsockname()[:2])
     lean = LeanServer(
         inference,
@@ -136,7 +158,23 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
         max_headers=s.max_headers,
         on_refused=lambda status: metrics.count("http", status),
     )
-    management = _uvicorn(management_app(manager, mgmt_token), config)
+    return batcher, lean
+
+
+async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None, server_version: str) -> None:
+    s = config.serving
+    src = config.source
+    token_from_env(s.token_env, "serving.token_env", src, required=bool(s.token_env))
+    mgmt_token = management_token(config)
+    metrics = Metrics(s.model_name)
+    manager = new_manager(config, metrics, server_version)
+    await manager.load(artifact)  # an ArtifactError here stops the server before it listens
+    freeze_gc()
+
+    sock = listen(s.host, s.port, "serving.port", src)
+    msock = listen(s.management_host, s.management_port, "serving.management_port", src)
+    batcher, lean = inference_server(config, manager, metrics, sock)
+    management = uvicorn_server(management_app(manager, mgmt_token), config)
 
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
@@ -163,8 +201,8 @@ async def _serve(config: Config, artifact: Path, on_ready: ReadyCallback | None,
             assert current is not None
             on_ready(
                 {
-                    "url": _url(sock),
-                    "management_url": _url(msock),
+                    "url": url_of(sock),
+                    "management_url": url_of(msock),
                     "model": s.model_name,
                     "version": current.version,
                     "artifact": str(current.path),
