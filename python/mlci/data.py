@@ -185,7 +185,7 @@ class _All:
         self.n = at + len(y)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        self.reserve(0)
+        """The rows put, the arrays trimmed to them in place."""
         self.x.resize((self.n, self.x.shape[1]), refcheck=False)
         self.y.resize(self.n, refcheck=False)
         return self.x, self.y
