@@ -86,8 +86,8 @@ def train(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def periodic(session: nox.Session) -> None:
-    """What cron runs on runners: retrain when code or data changed (else skip), gate and report."""
-    _mlci(session, "train")
+    """What cron runs on runners: retrain when code, data or params changed (else a no-op), gate, report, deploy."""
+    _mlci(session, "periodic")
 
 
 @nox.session(default=False)

@@ -27,3 +27,29 @@ def make_artifact(tmp_path: Path):
 
 def under_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for this test session (tests/pg_cluster.py). Without Debian's postgresql
+    package the tests that need it skip with the reason; under CI=true that skip is a failure."""
+    import pg_cluster
+
+    why = pg_cluster.available()
+    if why is not None:
+        if under_ci():
+            pytest.fail(f"CI=true and PostgreSQL cannot run: {why}")
+        pytest.skip(f"PostgreSQL unavailable: {why}")
+    server = pg_cluster.PgCluster().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_location(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a fresh registry lives, once per back end: a SQLite file, then a new database on the test server."""
+    if request.param == "sqlite":
+        return tmp_path / "nested" / "registry.db"
+    return request.getfixturevalue("pg_server").new_database()

@@ -15,9 +15,9 @@ from pathlib import Path
 from mlci import dashboard, data, runkey
 from mlci.config import Config, load_config
 from mlci.evaluate import evaluate_run
+from mlci.pipeline import train_run
 from mlci.registry import Registry
 from mlci.report import write_report
-from mlci.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def fill(where: Path) -> Filled:
         key = runkey.compute(config, data.data_files(config))
         train_ds, _ = data.load_splits(config)
         with Registry(config.path(config.registry.path)) as registry:
-            run = train(config, train_ds, registry, key)
+            run = train_run(config, train_ds, registry, key)
             evaluate_run(config, registry, run)
             write_report(config, registry, registry.run(run.id))
         return run.id

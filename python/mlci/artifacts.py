@@ -54,7 +54,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def write_artifact(root: Path, state_dict: dict[str, Any], manifest: dict[str, Any]) -> ArtifactRef:
-    """Save weights + manifest under root/<sha256>/ atomically (a crash leaves no half artifact)."""
+    """Save weights + manifest under root/<sha256>/ atomically (a crash leaves no half artifact).
+
+    The root may be a directory several runners share (an NFS mount): files are written and fsynced under a
+    unique temp name, then renamed into place in one step. Two writers of the same weights both succeed; the
+    rename that comes second finds the content there and drops its copy (checked by the rename itself, not
+    by a look beforehand, which a shared file system's attribute cache can make stale)."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -66,15 +71,34 @@ def write_artifact(root: Path, state_dict: dict[str, Any], manifest: dict[str, A
         size = weights.stat().st_size
         full = {"format": FORMAT, **manifest, "weights": {"file": WEIGHTS_FILE, "sha256": digest, "bytes": size}}
         (staging / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        final = root / digest
-        if final.exists():  # same weights already stored: content addressing makes this a no-op
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, final)
-        return ArtifactRef(final, digest, size)
+        return ArtifactRef(place(staging, root / digest), digest, size)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def place(staging: Path, final: Path) -> Path:
+    """Move a complete staging directory (in the same root) to its content-addressed name `final`, durably:
+    its files are fsynced first. When `final` is there already (another writer, another runner) the staging
+    copy is dropped. Returns `final`."""
+    for file in [*staging.iterdir(), staging]:
+        _fsync(file)
+    try:
+        os.rename(staging, final)  # fails when `final` is there already (a non-empty directory)
+    except OSError:
+        if not (final / MANIFEST_FILE).is_file():
+            raise
+        shutil.rmtree(staging)  # same weights already stored: content addressing makes this a no-op
+    _fsync(final.parent)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def package(

@@ -14,9 +14,10 @@ from mlci.errors import EXIT_USAGE, MlciError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mlci.commands.data", "check the data files against the schema"),
     "train": ("mlci.commands.train", "data check, train (or reuse), evaluate, report; exit code of the gates"),
+    "periodic": ("mlci.commands.periodic", "what cron runs: train when something changed, gate, report, deploy"),
+    "compare": ("mlci.commands.compare", "the checkout vs a base git revision: a pull-request comment (markdown)"),
     "evaluate": ("mlci.commands.evaluate", "evaluate a run against the champion and apply the gates"),
     "report": ("mlci.commands.report", "write reports/<run>/ (markdown, html, plots, gates.xml)"),
-    "compare": ("mlci.commands.compare", "this checkout against a base git revision: a pull-request comment"),
     "serve": ("mlci.commands.serve", "serve a model artifact over the Open Inference Protocol"),
     "loadtest": ("mlci.commands.loadtest", "Locust load test against a URL with an SLO gate"),
     "smoke": ("mlci.commands.smoke", "send an artifact's known input to a server and check its known output"),

@@ -13,6 +13,7 @@ rule held against the base: fail when the upper end of the paired interval of (t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from mlci.config import Config
 from mlci.errors import MlciError, UsageError
 from mlci.evaluate import Difference, Metrics, difference, score, stored
 from mlci.gates import GateResult, not_worse_than_champion
-from mlci.registry import Registry, Run
+from mlci.registry import Registry, Run, open_registry
 from mlci.report import Heading, Image, Para, Table, _ci, _git_commit, _num, render_markdown
 
 COMMENT = "comment.md"
@@ -57,25 +58,23 @@ def compare(config: Config, base_rev: str, overrides: list[str]) -> Comparison:
     if commit is None:
         raise UsageError(f"compare {base_rev!r}: not a git revision in {config.root}")
     head_commit = _git_commit(config.root, "HEAD")
-    registry_path = config.path(config.registry.path).resolve()
-
     _train(config.root, config.path(config.source), overrides, env=None, what="this checkout")
     from mlci import data, runkey
 
     key = runkey.compute(config, data.data_files(config))
-    with Registry(registry_path) as registry:
+    with open_registry(config) as registry:
         head = registry.find_run(key.key)
         base = _base_run(registry, commit)
     if head is None:
         raise SideFailed(f"compare: `mlci train` left no succeeded run for this checkout (key {key.key[:12]})")
     if base is None:
         _train_base(config, commit)
-        with Registry(registry_path) as registry:
+        with open_registry(config) as registry:
             base = _base_run(registry, commit)
         if base is None:
             raise SideFailed(f"compare: training the base {commit[:12]} left no succeeded run with a model")
 
-    with Registry(registry_path) as registry:
+    with open_registry(config) as registry:
         head_eval = stored(registry, head)
         ds, metrics, samples = score(config, [head, base])
         confidence = config.evaluate.confidence
@@ -123,6 +122,8 @@ def _train_base(config: Config, commit: str) -> None:
         path = os.pathsep.join(filter(None, [str(tree / "python"), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}
         overrides = [f"registry.{k}={v}" for k, v in stores.items()]
+        if config.registry.url:  # a shared registry: the base records into it too
+            overrides.append(f"registry.url={json.dumps(config.registry.url)}")
         _train(tree, tree / "mlci.toml", overrides, env=env, what=f"the base {commit[:12]}")
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False, capture_output=True)

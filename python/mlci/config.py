@@ -8,6 +8,7 @@ checking, so they get the same errors (with the file shown as `<command line>`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -20,6 +21,8 @@ from mlci.errors import ConfigError
 
 DEFAULT_CONFIG = "mlci.toml"
 OVERRIDE_SOURCE = "<command line>"
+# A runner's environment may name the shared registry (the ci_runner role sets it); it wins over mlci.toml.
+REGISTRY_URL_ENV = "MLCI_REGISTRY_URL"
 
 Check = tuple[Callable[[Any], bool], str]
 
@@ -112,6 +115,10 @@ class GatesConfig:
 @dataclass(frozen=True)
 class RegistryConfig:
     path: str = ".mlci/registry.db"
+    # A PostgreSQL server that several runners share ("postgresql://user@host:5432/db"); "" = the SQLite file
+    # at `path`. Never with a password: libpq reads it from PGPASSWORD or ~/.pgpass (mode 0600).
+    url: str = ""
+    # A shared directory (an NFS mount, say) works: artifacts are written to a temp name, then renamed.
     artifacts: str = ".mlci/artifacts"
     reports: str = "reports"
 
@@ -208,6 +215,17 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class PeriodicConfig:
+    # `mlci periodic` (cron on runners): deploy a new run that passed its gates (the code path of `mlci deploy`).
+    deploy: bool = False
+    # Keep the reports of the newest N runs (plus the champion's and every serving run's); 0 keeps them all.
+    keep_reports: int = _checked(20, non_negative())
+    # Name of an environment variable holding a webhook URL that gets each run's verdict as JSON ("" = none).
+    # The URL may carry a token: logs show only its scheme and host.
+    webhook_env: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -219,6 +237,7 @@ class Config:
     serving: ServingConfig = field(default_factory=ServingConfig)
     loadtest: LoadtestConfig = field(default_factory=LoadtestConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
     # Where mlci.toml lives; relative paths in the config resolve against it. Not a TOML key.
     root: Path = field(default=Path("."), compare=False)
     source: str = field(default=DEFAULT_CONFIG, compare=False)
@@ -254,14 +273,43 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()
         raise ConfigError(source, "<file>", str(path), f"not UTF-8 ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "<file>", str(path), f"not valid TOML ({exc})") from None
-    config = config_from_dict(raw, source=source, overrides=overrides)
+    origins: dict[str, str] = {}
+    if os.environ.get(REGISTRY_URL_ENV):
+        registry = raw.get("registry", {})
+        if isinstance(registry, dict):
+            raw = {**raw, "registry": {**registry, "url": os.environ[REGISTRY_URL_ENV]}}
+            origins["registry.url"] = f"${REGISTRY_URL_ENV}"
+    config = config_from_dict(raw, source=source, overrides=overrides, origins=origins)
     return dataclasses.replace(config, root=path.resolve().parent, source=source)
 
 
-def config_from_dict(raw: dict[str, Any], *, source: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> Config:
-    origins: dict[str, str] = {}
+def config_from_dict(
+    raw: dict[str, Any],
+    *,
+    source: str = DEFAULT_CONFIG,
+    overrides: Sequence[str] = (),
+    origins: dict[str, str] | None = None,
+) -> Config:
+    """`origins`: where keys not from `source` came from (a key -> what error messages name as its file)."""
+    origins = dict(origins or {})
     raw = _apply_overrides(raw, overrides, origins)
-    return _build(Config, raw, "", source, origins)
+    config = _build(Config, raw, "", source, origins)
+    _check_registry_url(config.registry.url, origins.get("registry.url", source))
+    return config
+
+
+def _check_registry_url(url: str, file: str) -> None:
+    """Here, not as a field check: the error must show the URL without any password in it."""
+    if not url:
+        return
+    from mlci.registry_db import URL_SCHEMES, redact, url_password
+
+    if not url.startswith(URL_SCHEMES):
+        raise ConfigError(file, "registry.url", redact(url), "must start with postgresql:// (or be empty: SQLite)")
+    if url_password(url):
+        raise ConfigError(
+            file, "registry.url", redact(url), "holds a password: set PGPASSWORD or ~/.pgpass (mode 0600) instead"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from mlci import plots
 from mlci.config import Config
 from mlci.overview import RunSummary, reason, summaries
-from mlci.registry import LedgerEntry, Registry
+from mlci.registry import LedgerEntry, Registry, open_registry
 
 INDEX = "index.html"
 PLOT = Path("dashboard") / "gate-metrics.png"  # beside the run folders (r0001/ ...), never one of them
@@ -84,7 +84,7 @@ def rewritten(config: Config) -> Iterator[None]:
 
 
 def _write_from(config: Config) -> None:
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         write(config, registry)
 
 

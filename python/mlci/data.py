@@ -1,11 +1,11 @@
 """The data check and the dataset the pipeline trains on.
 
-`check(config)` reads every file in `config.data.files` (CSV, or Parquet: parquet.py), validates it against the
-schema (schema.py) and returns all rows as one Dataset; `validate(config)` runs the same checks keeping no rows
-(`mlci data`); `load_splits(config)` gives the train and eval splits in about the memory of the data once. The
-first problem raises DataError naming the file, the 1-based data row (the header is not counted: row N is file
-line N+1), the column and the value. Byte-level problems (not UTF-8, binary junk) name the file line instead,
-since no row can be parsed there.
+`check(config)` reads every file in `config.data.files` (globs expanded, sorted; CSV, or Parquet: parquet.py),
+validates it against the schema (schema.py) and returns all rows as one Dataset; `validate(config)` runs the same
+checks keeping no rows (`mlci data`); `load_splits(config)` gives the train and eval splits in about the memory of
+the data once. The first problem raises DataError naming the file, the 1-based data row (the header is not counted:
+row N is file line N+1), the column and the value. Byte-level problems (not UTF-8, binary junk) name the file line
+instead, since no row can be parsed there.
 
 Files are read in chunks (see "one file" below): memory holds the rows kept (a float32 array filled in place, or
 none) and one chunk, whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files`
@@ -15,6 +15,7 @@ runs on the no-op path of `mlci train`.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import math
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlci.config import Config
-from mlci.errors import DataError
+from mlci.errors import ConfigError, DataError
 from mlci.schema import Column, Schema, load_schema, schema_path
 
 if TYPE_CHECKING:
@@ -58,7 +59,23 @@ class Dataset:
 
 def data_files(config: Config) -> list[Path]:
     """The data files and the schema file, resolved. Cheap: no parsing, no numpy."""
-    return [config.path(f).resolve() for f in config.data.files] + [schema_path(config).resolve()]
+    return [config.path(f).resolve() for f in file_names(config)] + [schema_path(config).resolve()]
+
+
+def file_names(config: Config) -> list[str]:
+    """`data.files` with each glob (`*`, `?`, `[...]`) expanded, sorted, relative to mlci.toml as written: a new
+    file in a data directory changes the run key. A glob that matches no file is a config error."""
+    names: list[str] = []
+    for entry in config.data.files:
+        if not glob.has_magic(entry):
+            names.append(entry)
+            continue
+        base = config.path(".")
+        matches = sorted(m for m in glob.glob(entry, root_dir=base) if Path(config.path(m)).is_file())
+        if not matches:
+            raise ConfigError(config.source, "data.files", entry, f"the pattern matches no file (in {base.resolve()})")
+        names.extend(matches)
+    return names
 
 
 def check(config: Config) -> Dataset:
@@ -224,7 +241,7 @@ def _check_files(config: Config, schema: Schema, sink: _Sink | None) -> tuple[li
     counts: list[tuple[str, int]] = []
     hashes = []
     base = 0
-    for name in config.data.files:
+    for name in file_names(config):
         h = _read(config.path(name), name, schema, sink, base)
         counts.append((name, len(h)))
         hashes.append(h)

@@ -12,7 +12,7 @@ so a fleet run lands in the registry like any other.
 from __future__ import annotations
 
 import json
-import os
+import platform
 import shutil
 import tempfile
 import time
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlci import data
-from mlci.artifacts import MANIFEST_FILE, WEIGHTS_FILE, sha256_file
+from mlci.artifacts import MANIFEST_FILE, WEIGHTS_FILE, place, sha256_file
 from mlci.config import Config
 from mlci.errors import ConfigError, MlciError
 
@@ -51,6 +51,7 @@ def runners(config: Config) -> Target:
 def environment(config: Config, where: Target) -> dict[str, Any]:
     nproc = config.train.nproc
     return {
+        "hostname": platform.node(),  # the controller's: whose lock says the run is alive (runlock)
         "fleet": where.env,
         "nodes": where.names,
         "nproc_per_node": nproc,
@@ -134,8 +135,7 @@ def _store(root: Path, result: Path, digest: str) -> Path:
     try:
         for name in (WEIGHTS_FILE, MANIFEST_FILE):
             shutil.copyfile(result / name, staging / name)
-        os.replace(staging, final)
+        return place(staging, final)  # safe when another runner stores the same weights at once
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return final

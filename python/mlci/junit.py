@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlci.atomic import replacing
 from mlci.gates import GateResult
 
 
@@ -29,5 +30,6 @@ def gates_xml(gates: Sequence[GateResult], *, suite: str, classname: str) -> ET.
 
 
 def write_gates_xml(path: Path, gates: Sequence[GateResult], *, suite: str, classname: str) -> Path:
-    gates_xml(gates, suite=suite, classname=classname).write(path, encoding="utf-8", xml_declaration=True)
+    with replacing(path) as tmp:
+        gates_xml(gates, suite=suite, classname=classname).write(tmp, encoding="utf-8", xml_declaration=True)
     return path

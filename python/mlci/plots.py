@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlci.atomic import replacing
+
 _DPI = 110
 
 
@@ -36,7 +38,8 @@ def curves(path: Path, series: dict[str, list[tuple[int, float]]], *, title: str
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=_DPI)
+        with replacing(path) as tmp:  # a stopped run leaves no half-written image
+            fig.savefig(tmp, dpi=_DPI)
     finally:
         plt.close(fig)
     return path
@@ -67,7 +70,8 @@ def confusion(path: Path, matrix: list[list[int]], classes: list[str], *, title:
                         color = "white" if cm[i, j] > threshold else "black"
                         ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=_DPI)
+        with replacing(path) as tmp:  # a stopped run leaves no half-written image
+            fig.savefig(tmp, dpi=_DPI)
     finally:
         plt.close(fig)
     return path

@@ -1,83 +1,27 @@
-"""The run registry: SQLite (WAL) holding runs, metrics, artifacts, evaluations, the champion pointer and
-an append-only promotion ledger.
+"""The run registry: runs, metrics, artifacts, evaluations, the champion pointer and an append-only promotion
+ledger, in an embedded SQLite file (WAL; the default) or on a PostgreSQL server a fleet of runners shares.
 
-Every write is one short `BEGIN IMMEDIATE` transaction, so two processes writing at once serialize on
-SQLite's lock (waiting up to `timeout` seconds) instead of corrupting or losing records. The registry
-stores; it never trains or evaluates.
+Every write is one short transaction with one writer at a time (registry_db.py), so two processes -- or two
+runners -- writing at once serialize (waiting up to `timeout` seconds) instead of corrupting or losing
+records. The schema is versioned (registry_schema.py). The registry stores; it never trains or evaluates.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlci.errors import RegistryError
+from mlci.registry_db import Database, connect, is_url
+from mlci.registry_schema import migrate
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          TEXT PRIMARY KEY,
-    seq         INTEGER NOT NULL UNIQUE,
-    key         TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
-    git_commit  TEXT,
-    dirty       INTEGER NOT NULL DEFAULT 0,
-    data_hash   TEXT,
-    params      TEXT NOT NULL,          -- JSON: the resolved config
-    environment TEXT NOT NULL,          -- JSON: python, torch, cuda, device kind, gpu name
-    created_at  TEXT NOT NULL,
-    finished_at TEXT,
-    error       TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_key ON runs (key, status);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id TEXT NOT NULL REFERENCES runs (id),
-    name   TEXT NOT NULL,
-    step   INTEGER,                     -- NULL for a run's final value; the epoch for curves
-    value  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, name);
-CREATE TABLE IF NOT EXISTS artifacts (
-    run_id TEXT NOT NULL REFERENCES runs (id),
-    kind   TEXT NOT NULL,               -- 'model', 'report', ...
-    path   TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    bytes  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts (run_id);
-CREATE TABLE IF NOT EXISTS evaluations (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id     TEXT NOT NULL REFERENCES runs (id),
-    champion   TEXT,                    -- the champion run it was compared with, if any
-    passed     INTEGER NOT NULL,
-    results    TEXT NOT NULL,           -- JSON: metrics, intervals, gate verdicts
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS champion (
-    slot     INTEGER PRIMARY KEY CHECK (slot = 1),
-    run_id   TEXT NOT NULL REFERENCES runs (id),
-    since    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    at            TEXT NOT NULL,
-    run_id        TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
-    hosts         TEXT NOT NULL,        -- JSON list
-    who           TEXT NOT NULL,
-    evidence      TEXT NOT NULL,        -- JSON: gate results, report path
-    outcome       TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
-BEGIN SELECT RAISE(ABORT, 'the promotion ledger is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
-BEGIN SELECT RAISE(ABORT, 'the promotion ledger is append-only'); END;
-"""
+if TYPE_CHECKING:
+    from mlci.config import Config
 
 
 def now() -> str:
@@ -126,33 +70,28 @@ class LedgerEntry:
 
 
 class Registry:
-    """Open (and create on first use) the registry at `path`."""
+    """Open (and create or upgrade on first use) the registry at `path`: a SQLite file, or a
+    `postgresql://user@host/db` URL (the password from PGPASSWORD or ~/.pgpass, never in the URL)."""
 
     def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A URL stays a string (Path would fold its `//`); `path` is what reopens it (torchrun workers do).
+        self.path: str | Path = str(path) if is_url(path) else Path(path)
+        self._db: Database = connect(self.path, timeout)
         try:
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            with self._write():
-                for statement in _statements(SCHEMA):
-                    self._db.execute(statement)
-        except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"{self.path}: not a usable registry database ({exc})") from None
+            self.migrated_from = migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+        from mlci.runlock import sweep  # a run whose process died (SIGKILL, power loss) is failed here
+
+        self.abandoned = sweep(self)
 
     # --- plumbing --------------------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+    def _write(self, serialize: bool = True) -> Iterator[Database]:
+        with self._db.write(serialize):
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -196,7 +135,7 @@ class Registry:
         return self.run(run_id)
 
     def finish_run(self, run_id: str, status: str = "succeeded", *, error: str | None = None) -> None:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             cur = db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?", (status, now(), error, run_id)
             )
@@ -230,6 +169,20 @@ class Registry:
         row = self._db.execute(sql, (status,) if status else ()).fetchone()
         return self._load(row[0]) if row else None
 
+    def running_runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(id, environment) of every run still `running` (runlock.sweep judges whether it is alive)."""
+        rows = self._db.execute("SELECT id, environment FROM runs WHERE status = 'running' ORDER BY seq")
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def fail_if_running(self, run_id: str, error: str) -> bool:
+        """Mark `run_id` failed with `error` only if it is still running; True when it was."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+                (now(), error, run_id),
+            )
+            return cur.rowcount == 1
+
     def runs(self) -> list[Run]:
         return [self._load(r[0]) for r in self._db.execute("SELECT id FROM runs ORDER BY seq")]
 
@@ -244,13 +197,13 @@ class Registry:
         metrics = {
             name: value
             for name, value in self._db.execute(
-                "SELECT name, value FROM metrics WHERE run_id = ? AND step IS NULL ORDER BY rowid", (run_id,)
+                "SELECT name, value FROM metrics WHERE run_id = ? AND step IS NULL ORDER BY id", (run_id,)
             )
         }
         artifacts = [
             Artifact(*a)
             for a in self._db.execute(
-                "SELECT kind, path, sha256, bytes FROM artifacts WHERE run_id = ? ORDER BY rowid", (run_id,)
+                "SELECT kind, path, sha256, bytes FROM artifacts WHERE run_id = ? ORDER BY id", (run_id,)
             )
         ]
         return Run(
@@ -265,7 +218,7 @@ class Registry:
         self.log_metrics(run_id, {name: value}, step=step)
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int | None = None) -> None:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             if step is None:  # a final value replaces the previous final value of the same name
                 db.executemany(
                     "DELETE FROM metrics WHERE run_id = ? AND name = ? AND step IS NULL",
@@ -291,13 +244,13 @@ class Registry:
     def curves(self, run_id: str) -> list[str]:
         """Names of the metrics logged per step (epoch) for a run, in the order first logged."""
         rows = self._db.execute(
-            "SELECT name FROM metrics WHERE run_id = ? AND step IS NOT NULL GROUP BY name ORDER BY MIN(rowid)",
+            "SELECT name FROM metrics WHERE run_id = ? AND step IS NOT NULL GROUP BY name ORDER BY MIN(id)",
             (run_id,),
         )
         return [r[0] for r in rows]
 
     def add_artifact(self, run_id: str, kind: str, path: str | Path, sha256: str, size: int) -> None:
-        with self._write() as db:
+        with self._write(serialize=False) as db:  # this run's own rows only
             db.execute(
                 "INSERT INTO artifacts (run_id, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
                 (run_id, kind, str(path), sha256, int(size)),
@@ -306,12 +259,13 @@ class Registry:
     # --- evaluations -----------------------------------------------------------------------------------
 
     def add_evaluation(self, run_id: str, champion: str | None, passed: bool, results: dict[str, Any]) -> int:
-        with self._write() as db:
-            cur = db.execute(
-                "INSERT INTO evaluations (run_id, champion, passed, results, created_at) VALUES (?, ?, ?, ?, ?)",
+        with self._write(serialize=False) as db:  # this run's own rows only
+            row = db.execute(
+                "INSERT INTO evaluations (run_id, champion, passed, results, created_at) VALUES (?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (run_id, champion, int(passed), json.dumps(results, sort_keys=True), now()),
-            )
-            return int(cur.lastrowid or 0)
+            ).fetchone()
+            return int(row[0])
 
     def latest_evaluation(self, run_id: str) -> dict[str, Any] | None:
         row = self._db.execute(
@@ -339,8 +293,9 @@ class Registry:
     ) -> LedgerEntry:
         """Make `run_id` the champion and append the promotion to the ledger, in one transaction."""
         with self._write() as db:
-            self._promote(db, run_id, evidence, hosts or [], who, outcome)
-        return self.ledger()[-1]
+            # This promotion's own entry (another runner may append right after it; reading the whole
+            # ledger for its last line would also cost more with every promotion).
+            return self._promote(db, run_id, evidence, hosts or [], who, outcome)
 
     def promote_first(self, run_id: str, *, evidence: dict[str, Any], outcome: str = "first champion") -> bool:
         """Promote `run_id` only if there is no champion yet (checked in the same transaction, so two
@@ -353,13 +308,13 @@ class Registry:
 
     def _promote(
         self,
-        db: sqlite3.Connection,
+        db: Database,
         run_id: str,
         evidence: dict[str, Any],
         hosts: list[str],
         who: str | None,
         outcome: str,
-    ) -> None:
+    ) -> LedgerEntry:
         if db.execute("SELECT 1 FROM runs WHERE id = ? AND status = 'succeeded'", (run_id,)).fetchone() is None:
             raise RegistryError(f"{self.path}: run {run_id!r} does not exist or did not succeed")
         db.execute(
@@ -367,7 +322,7 @@ class Registry:
             " ON CONFLICT (slot) DO UPDATE SET run_id = excluded.run_id, since = excluded.since",
             (run_id, now()),
         )
-        self._append_ledger(db, run_id, evidence, hosts, who, outcome)
+        return self._append_ledger(db, run_id, evidence, hosts, who, outcome)
 
     def record(
         self,
@@ -384,21 +339,23 @@ class Registry:
 
     def _append_ledger(
         self,
-        db: sqlite3.Connection,
+        db: Database,
         run_id: str,
         evidence: dict[str, Any],
         hosts: list[str],
         who: str | None,
         outcome: str,
-    ) -> None:
+    ) -> LedgerEntry:
         seq = db.execute("SELECT seq FROM runs WHERE id = ?", (run_id,)).fetchone()
         if seq is None:
             raise RegistryError(f"{self.path}: no run {run_id!r}")
-        db.execute(
+        at, who = now(), who or _who()
+        row = db.execute(
             "INSERT INTO ledger (at, run_id, model_version, hosts, who, evidence, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (now(), run_id, seq[0], json.dumps(hosts), who or _who(), json.dumps(evidence, sort_keys=True), outcome),
-        )
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (at, run_id, seq[0], json.dumps(hosts), who, json.dumps(evidence, sort_keys=True), outcome),
+        ).fetchone()
+        return LedgerEntry(int(row[0]), at, run_id, int(seq[0]), list(hosts), who, evidence, outcome)
 
     def ledger(self) -> list[LedgerEntry]:
         return [
@@ -418,13 +375,16 @@ def _who() -> str:
         return "unknown"
 
 
-def _statements(script: str) -> list[str]:
-    """Split the schema into statements (executescript would commit our open transaction)."""
-    out, buf = [], []
-    for line in script.splitlines():
-        buf.append(line.split("--", 1)[0])
-        text = "\n".join(buf).strip()
-        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.upper().endswith("END;")):
-            out.append(text)
-            buf = []
-    return out
+def open_registry(config: Config, *, timeout: float = 60.0) -> Registry:
+    """The registry `config` names: `[registry] url` when set (PostgreSQL), else the SQLite file at `path`."""
+    return Registry(location(config), timeout=timeout)
+
+
+def location(config: Config) -> str | Path:
+    return config.registry.url or config.path(config.registry.path)
+
+
+def exists(config: Config) -> bool:
+    """Whether there is a registry to read yet (a server always counts; a SQLite file once created)."""
+    where = location(config)
+    return isinstance(where, str) or where.exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlci import dashboard, plots
+from mlci.atomic import write_text
 from mlci.config import Config
 from mlci.errors import UsageError
 from mlci.evaluate import Difference, Evaluation, Interval, Metrics, difference, evaluate, score, stored
@@ -313,9 +314,10 @@ def write_report(config: Config, registry: Registry, run: Run, *, compare: str |
     write_gates_xml(
         folder / "gates.xml", ev.gates, suite=f"{config.project.name} gates {run.id}", classname="mlci.gates"
     )
-    (folder / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=2, sort_keys=True) + "\n")
-    (folder / "report.md").write_text(render_markdown(blocks, folder), encoding="utf-8")
-    (folder / "report.html").write_text(render_html(blocks, f"{config.project.name} {run.id}"), encoding="utf-8")
+    # Each file whole or not at all (atomic.py): a run stopped while reporting leaves no half-written report.
+    write_text(folder / "evaluation.json", json.dumps(ev.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_text(folder / "report.md", render_markdown(blocks, folder))
+    write_text(folder / "report.html", render_html(blocks, f"{config.project.name} {run.id}"))
     dashboard.write(config, registry)  # reports/index.html lists this report
     return folder
 

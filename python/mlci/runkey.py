@@ -10,7 +10,8 @@ path, so it imports only the standard library: never torch, numpy or rich.
   factory's module are hashed instead.
 - data: the sha256 of every data file and of the schema, each read again only when its stat changed
   (filehash.py keeps the cache; `data.rehash = true` or `mlci train --rehash` reads them all).
-- params: the resolved config as canonical JSON, less `data.rehash` (how the data is hashed, not what).
+- params: the resolved config as canonical JSON, less `data.rehash` (how the data is hashed, not what) and
+  `[periodic]` (what cron does after training).
 - environment: torch's version and the device kind, both read without importing torch.
 """
 
@@ -70,6 +71,8 @@ def compute(config: Config, data_files: Iterable[Path]) -> RunKey:
     data_hash, digests = hash_data(config, list(data_files))
     params = config.to_dict()
     del params["data"]["rehash"]  # how the files are hashed, not what the model is trained on
+    del params["registry"]["url"]  # where runs are recorded, not what is trained
+    del params["periodic"]  # what cron does after training, not what is trained
     params_hash = _sha256(canonical_json(params).encode())
     torch, device = torch_version(), device_kind(config.train.device)
     parts = {"code": code.digest, "data": data_hash, "params": params_hash, "torch": torch, "device": device}

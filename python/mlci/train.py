@@ -6,15 +6,15 @@ epoch's loss/accuracy are summed over all processes. Only rank 0 writes the regi
 
 Determinism: seeds are fixed (device.seed_everything) and the sampler is seeded per epoch, so the same inputs
 on the same CPU give the same weights, metrics and artifact sha256.
+
+This module fits and records; it never launches processes (pipeline.py decides between this process and
+torchrun through ddp.py; ddp_worker.py is one torchrun rank and calls back in here).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,59 +48,48 @@ class Fitted:
 OnEpoch = Callable[[EpochStats], None]
 
 
-# --- the pipeline step -------------------------------------------------------------------------------------
+# --- the run's record ----------------------------------------------------------------------------------------
 
 
-def train(
-    config: Config, train_ds: Dataset, registry: Registry, key: RunKey, *, on_epoch: OnEpoch | None = None
-) -> Run:
-    """Create a run for `key`, train on `train_ds` (the training split: data.load_splits) in this process or
-    through torchrun, record metrics and the model artifact, and mark the run succeeded. Any failure marks it
-    failed (with the error) and re-raises."""
+def check_model(config: Config, dataset: Dataset) -> None:
+    """Build the model once: a bad model.factory/params is a config error (exit 2) raised before a run exists."""
     from mlci.model import build_model
 
-    nproc = config.train.nproc
-    fleet = config.train.fleet
-    if fleet:  # each node chooses its own device; this machine only coordinates
-        from mlci import fleet_train
-
-        where = fleet_train.runners(config)
-    device = None if fleet else devices.choose(config.train.device)
-    # A bad model.factory/params is a config error (exit 2): raise it before a run is recorded.
     build_model(
-        config.model.factory, config.model.params, len(train_ds.features), len(train_ds.classes), source=config.source
+        config.model.factory, config.model.params, len(dataset.features), len(dataset.classes), source=config.source
     )
-    run = registry.create_run(
+
+
+def new_run(config: Config, registry: Registry, key: RunKey, env: dict[str, Any]) -> Run:
+    """Record a `running` run for `key` in environment `env` (pipeline.train_run holds its lock and finishes it)."""
+    return registry.create_run(
         key.key,
         params=config.to_dict(),
-        environment=fleet_train.environment(config, where) if fleet else environment(device, nproc),
+        environment=env,
         git_commit=key.git_commit,
         dirty=key.dirty,
         data_hash=key.data_hash,
     )
-    try:
-        if fleet:
-            fleet_train.train(config, registry, run, where)
-        elif nproc > 1:
-            from mlci import ddp
 
-            ddp.launch(config, registry.path, run.id, nproc, device.kind)
-            if registry.run(run.id).artifact("model") is None:
-                raise RuntimeError(f"the {nproc} training processes exited without writing the model artifact")
-        else:
 
-            def log_epoch(stats: EpochStats) -> None:
-                log_epoch_metrics(registry, run.id, stats)
-                if on_epoch is not None:
-                    on_epoch(stats)
+def fit_and_record(
+    config: Config,
+    registry: Registry,
+    run: Run,
+    train_ds: Dataset,
+    device: devices.Device,
+    *,
+    on_epoch: OnEpoch | None = None,
+) -> None:
+    """Train in this process, logging each epoch's metrics, then record the final metrics and the artifact."""
 
-            fitted = fit(config, train_ds, device=device, on_epoch=log_epoch)
-            record(config, registry, run, train_ds, fitted)
-        registry.finish_run(run.id, "succeeded")
-    except BaseException as exc:
-        registry.finish_run(run.id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-        raise
-    return registry.run(run.id)
+    def log_epoch(stats: EpochStats) -> None:
+        log_epoch_metrics(registry, run.id, stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    fitted = fit(config, train_ds, device=device, on_epoch=log_epoch)
+    record(config, registry, run, train_ds, fitted)
 
 
 def environment(device: devices.Device, nproc: int) -> dict[str, Any]:
@@ -192,7 +181,7 @@ def fit(
     on_epoch: OnEpoch | None = None,
 ) -> Fitted:
     """Train `config.model` on `train_ds`. With world_size > 1 the default process group must be set up
-    (ddp.worker does it); every rank gets the same data and draws its own shard of each epoch."""
+    (ddp_worker does it); every rank gets the same data and draws its own shard of each epoch."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data.distributed import DistributedSampler
@@ -271,20 +260,3 @@ def standardization(ds: Dataset) -> tuple[Any, Any]:
         mean[j : j + 4], std[j : j + 4] = x.mean(axis=0), x.std(axis=0)
     std = np.where(std < 1e-8, 1.0, std)
     return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
-
-
-# --- one training per registry at a time ----------------------------------------------------------------------
-
-
-@contextmanager
-def exclusive(registry_path: Path) -> Iterator[None]:
-    """Hold an OS lock next to the registry, so two `mlci train` started at once run one after the other
-    (the second then finds the first's run). Released by the kernel even if the process dies."""
-    lock_path = Path(f"{registry_path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -219,3 +219,18 @@ def test_the_supervisor_restarts_a_killed_server_on_the_same_model(local: LocalD
     assert (after["run_id"], after["sha256"]) == (before["run_id"], before["sha256"]), json.dumps(after)
     assert _infer(local)["outputs"]
     assert supervisor.is_running() and supervisor.pid == local.supervisor().pid
+
+
+def test_periodic_with_deploy_on_ships_its_new_run_and_a_no_op_ships_nothing(local: LocalDeploy) -> None:
+    args = ("periodic.deploy=true", "train.seed=4")
+    ran, _ = local.nox("periodic", posargs=args)
+    assert ran.returncode == 0, tail(ran)
+    with local.project.registry() as registry:
+        new = registry.latest_run().id
+    assert f"trained run {new}" in ran.stdout and "deploy: promoted" in ran.stdout, tail(ran)
+    assert local.served_run() == new and local.project.champion() == new
+    ledger = _ledger_length(local)
+    again, _ = local.nox("periodic", posargs=args)
+    assert again.returncode == 0, tail(again)
+    assert again.stdout.startswith(f"up to date: run {new}") or f"up to date: run {new}" in again.stdout, tail(again)
+    assert "PLAY [" not in again.stdout and _ledger_length(local) == ledger

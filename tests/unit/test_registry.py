@@ -1,10 +1,12 @@
-"""The registry on a real SQLite file: runs, metrics and curves, artifacts, champion and the append-only ledger."""
+"""The registry on both back ends, a real SQLite file and a real PostgreSQL server: runs, metrics and curves,
+artifacts, champion and the append-only ledger."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from mlci.errors import RegistryError
@@ -12,9 +14,19 @@ from mlci.registry import Registry
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
-    with Registry(tmp_path / "nested/registry.db") as r:
+def registry(registry_location: str | Path):
+    with Registry(registry_location) as r:
         yield r
+
+
+def _raw(registry: Registry, statement: str) -> None:
+    """Run SQL on the registry's database directly, past the Registry class (the driver's error escapes)."""
+    if isinstance(registry.path, Path):
+        with sqlite3.connect(registry.path) as raw:
+            raw.execute(statement)
+    else:
+        with psycopg.connect(registry.path, autocommit=True) as raw:
+            raw.execute(statement)
 
 
 def _run(registry: Registry, key: str = "k", status: str = "succeeded"):
@@ -70,16 +82,18 @@ def test_promote_needs_a_succeeded_run_and_the_ledger_is_append_only(registry: R
     entry = registry.promote(good.id, evidence={"gates": "passed"}, hosts=["h1"], who="ci")
     assert registry.champion().id == good.id
     assert (entry.run_id, entry.model_version, entry.hosts, entry.who) == (good.id, good.seq, ["h1"], "ci")
-    with sqlite3.connect(registry.path) as raw:
-        for statement in ("UPDATE ledger SET outcome = 'x'", "DELETE FROM ledger"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                raw.execute(statement)
+    for statement in ("UPDATE ledger SET outcome = 'x'", "DELETE FROM ledger"):
+        with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+            _raw(registry, statement)
     assert len(registry.ledger()) == 1
 
 
-def test_unknown_or_corrupt(registry: Registry, tmp_path: Path) -> None:
+def test_unknown_run(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="no run 'r9999'"):
         registry.run("r9999")
+
+
+def test_a_file_that_is_no_database_is_a_registry_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(RegistryError, match="not a usable registry"):

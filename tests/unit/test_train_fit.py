@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlci import data, train
+from mlci import data, pipeline, train
 from mlci.config import Config, load_config
 from mlci.errors import ConfigError
 from mlci.registry import Registry
@@ -79,7 +79,7 @@ def test_standardization_and_scoring_in_blocks_give_the_whole_arrays_figures(tra
 def test_a_bad_factory_records_no_run(config: Config, tmp_path: Path) -> None:
     bad = load_config(config.root / "mlci.toml", ["train.epochs=1", "model.params={ width = 3 }"])
     with Registry(tmp_path / "registry.db") as registry, pytest.raises(ConfigError, match=r"model\.params"):
-        train.train(bad, data.load_splits(bad)[0], registry, compute(bad, data.data_files(bad)))
+        pipeline.train_run(bad, data.load_splits(bad)[0], registry, compute(bad, data.data_files(bad)))
     with Registry(tmp_path / "registry.db") as registry:
         assert registry.runs() == []
 
@@ -100,7 +100,7 @@ def test_a_failure_while_training_marks_the_run_failed(
     boom = load_config(config.root / "mlci.toml", overrides)
     with Registry(tmp_path / "registry.db") as registry:
         with pytest.raises(RuntimeError, match="exploded"):
-            train.train(boom, data.load_splits(boom)[0], registry, compute(boom, data.data_files(boom)))
+            pipeline.train_run(boom, data.load_splits(boom)[0], registry, compute(boom, data.data_files(boom)))
         (run,) = registry.runs()
         assert run.status == "failed" and "the model exploded" in run.error and run.finished_at
         assert registry.find_run(run.key) is None, "a failed run is never reused"

@@ -31,13 +31,15 @@ def run(argv: Sequence[str]) -> int:
 
 def open_registry(config: Config) -> Registry:
     """The existing registry; a missing one is an error with a hint instead of a new empty database."""
+    from mlci import registry
     from mlci.errors import RegistryError
-    from mlci.registry import Registry
 
-    path = config.path(config.registry.path)
-    if not path.is_file():
-        raise RegistryError(f"{path}: no registry yet (registry.path): train a run first with `python -m mlci train`")
-    return Registry(path)
+    if not registry.exists(config):
+        raise RegistryError(
+            f"{registry.location(config)}: no registry yet (registry.path): "
+            "train a run first with `python -m mlci train`"
+        )
+    return registry.open_registry(config)
 
 
 def print_evaluation(evaluation: Evaluation) -> None:

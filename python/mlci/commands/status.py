@@ -18,7 +18,9 @@ from mlci.config import Config
 from mlci.deploy.rollout import management_token, target
 from mlci.deploy.status import HostStatus, fetch
 from mlci.errors import EXIT_OK, GateFailed, UsageError
-from mlci.registry import Registry
+from mlci.registry import exists as registry_exists
+from mlci.registry import location as registry_location
+from mlci.registry import open_registry
 
 
 def run(argv: list[str]) -> int:
@@ -70,10 +72,10 @@ def run(argv: list[str]) -> int:
 
 def _champion(config: Config) -> tuple[str | None, str]:
     """The champion's weights sha256 (None when there is none) and a few words about it."""
-    path = config.path(config.registry.path)
-    if not path.exists():  # opening a Registry creates one: a status check must not
+    path = registry_location(config)
+    if not registry_exists(config):  # opening a Registry creates one: a status check must not
         return None, f"none (no registry at {path})"
-    with Registry(path) as registry:
+    with open_registry(config) as registry:
         run = registry.champion()
     if run is None:
         return None, f"none (the registry {path} has none)"

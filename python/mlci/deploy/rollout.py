@@ -28,7 +28,7 @@ from mlci.deploy import candidate
 from mlci.deploy.inventory import InventoryHost, hosts, inventory_path
 from mlci.deploy.status import HostStatus, fetch
 from mlci.errors import GateFailed, MlciError, UsageError
-from mlci.registry import Registry, Run
+from mlci.registry import Registry, Run, open_registry
 
 Progress = Callable[[str], None]
 
@@ -124,7 +124,7 @@ def _deploy(
     config: Config, where: Target, run_ref: str | None, overrides: list[str] | None, progress: Progress,
     started: float,
 ) -> Outcome:  # fmt: skip
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         run = candidate.choose(registry, run_ref)
         why = candidate.refusal(
             registry, run, env=where.env, staging_env=config.deploy.staging_env,
@@ -163,7 +163,7 @@ def _deploy(
     evidence = collect(evidence_dir)
     evidence.update(env=where.env, inventory=str(where.inventory), server_version=version, playbook_exit=code)
     evidence["report"] = _report(config, run)
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         evaluation = registry.latest_evaluation(run.id)
         evidence["gates"] = (evaluation or {}).get("results", {}).get("gates", [])
         if code == 0:
@@ -179,7 +179,7 @@ def _deploy(
     updated = [h for h, swap in evidence["swaps"].items() if swap.get("changed") and h not in evidence["failed"]]
     returned = _return_hosts(config, where, run, restore, updated, overrides or [], evidence_dir, server, progress)
     evidence.update(reason=reason, returned=returned)
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         registry.record(run.id, evidence=evidence, hosts=where.names, outcome=candidate.FAILED)
     raise GateFailed(f"deploy of run {run.id} to {where.env} stopped: {reason}; hosts are back on their previous model")
 
@@ -197,7 +197,7 @@ def rollback(
 def _rollback(
     config: Config, where: Target, overrides: list[str] | None, progress: Progress, started: float
 ) -> Outcome:
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         previous = candidate.previous_champion(registry)
         current = registry.champion()
     if previous is None or current is None:
@@ -216,7 +216,7 @@ def _rollback(
     )  # fmt: skip
     evidence = collect(evidence_dir)
     evidence.update(env=where.env, from_run=current.id, playbook_exit=code)
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         if code != 0:
             registry.record(previous.id, evidence=evidence, hosts=where.names, outcome=candidate.FAILED)
             raise GateFailed(f"rollback of {where.env} to run {previous.id} failed (ansible-playbook exit {code})")
@@ -342,7 +342,7 @@ def _return_hosts(
 ) -> dict[str, str]:  # fmt: skip
     """Put the hosts the rollout had already updated back on what each served before (rollback.yml)."""
     returned: dict[str, str] = {}
-    with Registry(config.path(config.registry.path)) as registry:
+    with open_registry(config) as registry:
         by_sha: dict[str, list[str]] = {}
         for host in updated:
             by_sha.setdefault(restore.get(host, ""), []).append(host)

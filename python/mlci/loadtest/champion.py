@@ -23,8 +23,10 @@ class ChampionP95:
     note: str  # why p95_ms is None, or where it came from
 
 
-def champion_p95(registry_path: Path) -> ChampionP95:
-    if not registry_path.is_file():  # do not create a registry just to find it empty
+def champion_p95(registry_path: str | Path) -> ChampionP95:
+    if (
+        isinstance(registry_path, Path) and not registry_path.is_file()
+    ):  # do not create a registry just to find it empty
         return ChampionP95(None, None, f"no registry at {registry_path}")
     try:
         from mlci.registry import Registry
@@ -52,7 +54,7 @@ def figures_as_metrics(figures: Figures) -> dict[str, float]:
     return {METRIC_PREFIX + k: float(v) for k, v in values.items() if v is not None}
 
 
-def record(registry_path: Path, run_id: str, figures: Figures) -> None:
+def record(registry_path: str | Path, run_id: str, figures: Figures) -> None:
     """Store this run's figures as final metrics of `run_id` (each replaces the previous measurement)."""
     from mlci.registry import Registry
 

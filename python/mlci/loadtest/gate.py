@@ -98,7 +98,9 @@ def run_loadtest(config: Config, target: Target, *, output: Path | None = None, 
     run_id = target.run_id or model_input.run_id
     if record and not run_id:
         raise UsageError("--record needs the run to record into: give --run-id or --artifact")
-    registry_path = config.path(config.registry.path)
+    from mlci.registry import location
+
+    registry_path = location(config)
 
     baseline = target.baseline_version
     if baseline is not None and not model_input.versions:

@@ -109,7 +109,9 @@ def bundled_rows(config: Config, features: list[str] | None, n_features: int | N
         from mlci.schema import load_schema
 
         features = load_schema(config).feature_names
-    file = config.data.files[0]
+    from mlci.data import file_names
+
+    file = file_names(config)[0]
     path = config.path(file)
     if n_features is not None and len(features) != n_features:
         raise DataError(file, f"the schema names {len(features)} features but the model takes {n_features}")

@@ -14,14 +14,14 @@ from mlci.errors import RegistryError
 
 
 def champion_artifact(config: Config) -> Path:
-    db = config.path(config.registry.path)
-    if not db.exists():
-        raise RegistryError(f"{db}: no registry here, so no champion to serve; pass --artifact DIR")
     try:
-        from mlci.registry import Registry
+        from mlci.registry import exists, location, open_registry
     except ImportError as exc:
         raise RegistryError(f"cannot read the registry ({exc}); pass --artifact DIR") from None
-    registry = Registry(db)
+    db = location(config)
+    if not exists(config):
+        raise RegistryError(f"{db}: no registry here, so no champion to serve; pass --artifact DIR")
+    registry = open_registry(config)
     try:
         champion = registry.champion()
     finally:
