@@ -51,9 +51,9 @@ def fill(where: Path) -> Filled:
     def one(*overrides: str) -> str:
         config = load_config(where / "mlci.toml", [*SHORT, *overrides])
         key = runkey.compute(config, data.data_files(config))
-        dataset = data.check(config)
+        train_ds, _ = data.load_splits(config)
         with Registry(config.path(config.registry.path)) as registry:
-            run = train_run(config, dataset, registry, key)
+            run = train_run(config, train_ds, registry, key)
             evaluate_run(config, registry, run)
             write_report(config, registry, registry.run(run.id))
         return run.id

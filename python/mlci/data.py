@@ -1,13 +1,15 @@
 """The data check and the dataset the pipeline trains on.
 
-`check(config)` reads every CSV in `config.data.files` (globs expanded, sorted), validates it against the schema
-(schema.py) and returns all rows as one Dataset; the first problem raises DataError naming the file, the 1-based
-data row (the header is not counted: row N is file line N+1), the column and the value. Byte-level problems (not
-UTF-8, binary junk) name the file line instead, since no row can be parsed there.
+`check(config)` reads every file in `config.data.files` (globs expanded, sorted; CSV, or Parquet: parquet.py),
+validates it against the schema (schema.py) and returns all rows as one Dataset; `validate(config)` runs the same
+checks keeping no rows (`mlci data`); `load_splits(config)` gives the train and eval splits in about the memory of
+the data once. The first problem raises DataError naming the file, the 1-based data row (the header is not counted:
+row N is file line N+1), the column and the value. Byte-level problems (not UTF-8, binary junk) name the file line
+instead, since no row can be parsed there.
 
-Files are read in chunks (see "one file" below): memory holds the float32/int64 arrays of the rows and one chunk,
-whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files` runs on the no-op
-path of `mlci train`.
+Files are read in chunks (see "one file" below): memory holds the rows kept (a float32 array filled in place, or
+none) and one chunk, whatever the file's size. numpy and pyarrow are imported inside functions only: `data_files`
+runs on the no-op path of `mlci train`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,7 @@ from mlci.schema import Column, Schema, load_schema, schema_path
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Dataset", "check", "data_files", "load_schema", "split"]
+__all__ = ["Dataset", "check", "data_files", "load_schema", "load_splits", "split", "validate"]
 
 # ASCII digits only: float() would also take "٣" or "1_000", which no CSV writer means as numbers.
 _INT = re.compile(r"[+-]?\d+", re.ASCII)
@@ -77,16 +79,44 @@ def file_names(config: Config) -> list[str]:
 
 
 def check(config: Config) -> Dataset:
-    """Validate every file in `config.data.files` against the schema; return all their rows."""
+    """Validate every file in `config.data.files` against the schema; return all their rows (one float32 array,
+    filled chunk by chunk: no second copy)."""
+    schema = load_schema(config)
+    rows = _All(len(schema.features))
+    counts, hashes = _check_files(config, schema, rows)
+    x, y = rows.arrays()
+    if not schema.allow_duplicate_rows:
+        _no_duplicates(hashes, counts, lambda at: (x[at], y[at]))
+    return Dataset(features=schema.feature_names, classes=list(schema.classes), x=x, y=y)
+
+
+def validate(config: Config) -> int:
+    """The same checks and messages as `check`, keeping no rows: memory holds one chunk and 8 bytes a row (the row
+    hashes that find duplicates; the rare candidates are read again to compare them exactly). The row count."""
+    schema = load_schema(config)
+    counts, hashes = _check_files(config, schema, None)
+    if not schema.allow_duplicate_rows:
+        _no_duplicates(hashes, counts, lambda at: _reread(config, schema, counts, at))
+    return sum(n for _, n in counts)
+
+
+def load_splits(config: Config) -> tuple[Dataset, Dataset]:
+    """`split(check(config), ...)` with the configured fraction and seed, in about the memory of the data once:
+    the training rows are moved to the front of the checked array, in place, and the train split is a view of it."""
     import numpy as np
 
-    schema = load_schema(config)
-    names = file_names(config)
-    parts = [_read(config.path(name), name, schema) for name in names]
-    x, y, hashes = (np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
-    if not schema.allow_duplicate_rows:
-        _no_duplicates(x, y, hashes, [(name, len(p[1])) for name, p in zip(names, parts, strict=True)])
-    return Dataset(features=schema.feature_names, classes=list(schema.classes), x=x, y=y)
+    ds = check(config)
+    is_eval = _eval_rows(ds.x, ds.y, config.data.eval_fraction, config.data.split_seed)
+    held_out = ds.subset(np.flatnonzero(is_eval))
+    train_rows = np.flatnonzero(~is_eval)
+    del is_eval
+    step = 1 << 16
+    for start in range(0, len(train_rows), step):  # forward: a row never lands on one not yet moved
+        at = train_rows[start : start + step]
+        ds.x[start : start + len(at)] = ds.x[at]
+        ds.y[start : start + len(at)] = ds.y[at]
+    n = len(train_rows)
+    return Dataset(ds.features, ds.classes, ds.x[:n], ds.y[:n]), held_out
 
 
 def split(ds: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -98,24 +128,136 @@ def split(ds: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Datase
     """
     import numpy as np
 
+    is_eval = _eval_rows(ds.x, ds.y, eval_fraction, seed)
+    return ds.subset(np.flatnonzero(~is_eval)), ds.subset(np.flatnonzero(is_eval))
+
+
+def _eval_rows(x: np.ndarray, y: np.ndarray, eval_fraction: float, seed: int) -> np.ndarray:
+    """The split's eval rows as a mask. Vectorised, and equal to ranking each class's rows with
+    sorted(key=(blake2b digest of the row's <f4 features and <i8 label, position))."""
+    import numpy as np
+
     if not 0 < eval_fraction < 1:
         raise ValueError(f"eval_fraction must be between 0 and 1 (exclusive), not {eval_fraction!r}")
-    key = hashlib.sha256(str(seed).encode()).digest()
-    x = np.ascontiguousarray(ds.x, dtype="<f4")
-    y = np.ascontiguousarray(ds.y, dtype="<i8")
-    ranks = [hashlib.blake2b(x[i].tobytes() + y[i].tobytes(), key=key, digest_size=16).digest() for i in range(len(y))]
-    eval_rows: list[int] = []
-    for label in sorted(set(y.tolist())):
-        members = sorted(np.flatnonzero(y == label).tolist(), key=lambda i: (ranks[i], i))
-        n = len(members)
-        take = math.floor(n * eval_fraction + 0.5)
-        take = min(max(take, 1), n - 1) if n >= 2 else 0
-        eval_rows += members[:take]
-    is_eval = np.zeros(len(y), dtype=bool)
-    is_eval[eval_rows] = True
+    n = len(y)
+    digests = _row_digests(x, y, hashlib.sha256(str(seed).encode()).digest())
+    # Digests compare as bytes: as two big-endian 64-bit halves. Sorted by class, then digest, then position.
+    order = np.lexsort((np.arange(n), digests[:, 1], digests[:, 0], y))
+    del digests
+    labels = y[order]
+    starts = np.flatnonzero(np.concatenate([[True], labels[1:] != labels[:-1]])) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.append(starts, n))
+    take = np.floor(sizes * eval_fraction + 0.5).astype(np.int64)
+    take = np.where(sizes >= 2, np.minimum(np.maximum(take, 1), sizes - 1), 0)
+    place = np.arange(n) - np.repeat(starts, sizes)  # the rank within its class
+    is_eval = np.zeros(n, dtype=bool)
+    is_eval[order[place < np.repeat(take, sizes)]] = True
     if not is_eval.any() or is_eval.all():
-        raise DataError("<data>", f"too few rows ({len(y)}) to split into train and eval sets")
-    return ds.subset(np.flatnonzero(~is_eval)), ds.subset(np.flatnonzero(is_eval))
+        raise DataError("<data>", f"too few rows ({n}) to split into train and eval sets")
+    return is_eval
+
+
+def _row_digests(x: np.ndarray, y: np.ndarray, key: bytes) -> np.ndarray:
+    """[n, 2] big-endian uint64: each row's keyed 16-byte blake2b digest, a block of rows at a time."""
+    import numpy as np
+
+    n = len(y)
+    out = np.empty((n, 2), dtype=">u8")
+    step = 1 << 16
+    for start in range(0, n, step):
+        xs = np.ascontiguousarray(x[start : start + step], dtype="<f4")
+        ys = np.ascontiguousarray(y[start : start + step], dtype="<i8")
+        m = len(ys)
+        block = np.concatenate([xs.view(np.uint8).reshape(m, -1), ys.view(np.uint8).reshape(m, 8)], axis=1)
+        width, flat = block.shape[1], memoryview(block.tobytes())
+        blake = hashlib.blake2b
+        digests = [blake(flat[i : i + width], key=key, digest_size=16).digest() for i in range(0, m * width, width)]
+        joined = b"".join(digests)
+        out[start : start + m] = np.frombuffer(joined, dtype=">u8").reshape(m, 2)
+    return out
+
+
+# --- where checked rows go --------------------------------------------------------------------------------
+
+
+class _All:
+    """Every row of every file, in one float32 array grown in place (realloc: a big block is remapped, not copied)."""
+
+    def __init__(self, features: int) -> None:
+        import numpy as np
+
+        self.x = np.empty((0, features), dtype=np.float32)
+        self.y = np.empty(0, dtype=np.int64)
+        self.n = 0
+
+    def reserve(self, rows: int) -> None:
+        if rows > len(self.y):
+            self.x.resize((rows, self.x.shape[1]), refcheck=False)
+            self.y.resize(rows, refcheck=False)
+
+    def put(self, at: int, columns: list[np.ndarray], y: np.ndarray) -> None:
+        for place, values in enumerate(columns):
+            self.x[at : at + len(y), place] = values
+        self.y[at : at + len(y)] = y
+        self.n = at + len(y)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows put, the arrays trimmed to them in place."""
+        self.x.resize((self.n, self.x.shape[1]), refcheck=False)
+        self.y.resize(self.n, refcheck=False)
+        return self.x, self.y
+
+
+class _Picked:
+    """Only the rows at given global positions (sorted): the duplicate candidates, read a second time."""
+
+    def __init__(self, features: int, wanted: np.ndarray) -> None:
+        import numpy as np
+
+        self.wanted = wanted
+        self.x = np.empty((len(wanted), features), dtype=np.float32)
+        self.y = np.empty(len(wanted), dtype=np.int64)
+
+    def reserve(self, rows: int) -> None:
+        pass
+
+    def put(self, at: int, columns: list[np.ndarray], y: np.ndarray) -> None:
+        import numpy as np
+
+        lo, hi = np.searchsorted(self.wanted, [at, at + len(y)])
+        if lo == hi:
+            return
+        rows = self.wanted[lo:hi] - at
+        for place, values in enumerate(columns):
+            self.x[lo:hi, place] = values[rows]
+        self.y[lo:hi] = y[rows]
+
+
+_Sink = _All | _Picked
+
+
+def _check_files(config: Config, schema: Schema, sink: _Sink | None) -> tuple[list[tuple[str, int]], list[np.ndarray]]:
+    """Check every file in order; ([(file, rows)], [its row hashes]). The rows go to `sink` (None: nowhere)."""
+    counts: list[tuple[str, int]] = []
+    hashes = []
+    base = 0
+    for name in file_names(config):
+        h = _read(config.path(name), name, schema, sink, base)
+        counts.append((name, len(h)))
+        hashes.append(h)
+        base += len(h)
+    return counts, hashes
+
+
+def _reread(config: Config, schema: Schema, counts: list[tuple[str, int]], at: np.ndarray) -> tuple[Any, Any]:
+    """The rows at global positions `at` (sorted), read again from the files that hold them."""
+    picked = _Picked(len(schema.features), at)
+    base = 0
+    for name, n in counts:
+        if ((at >= base) & (at < base + n)).any():
+            _read(config.path(name), name, schema, picked, base)
+        base += n
+    return picked.x, picked.y
 
 
 # --- one file -------------------------------------------------------------------------------------------
@@ -129,7 +271,7 @@ def split(ds: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Datase
 # header or no data rows, the header, the first row of the wrong width, then the first bad cell of the first
 # column (schema order, label last) that has one.
 
-_BLOCK = 1 << 24  # bytes read at a time; about the size of one parsed chunk
+_BLOCK = 1 << 22  # bytes read at a time; about the size of one parsed chunk (which takes ~15x in memory)
 _BATCH = 1 << 16  # records checked at a time on the csv.reader path
 _UTF8_BOM = b"\xef\xbb\xbf"
 _NOT_CONTROL = bytes(b for b in range(256) if not _CONTROL_BYTES.fullmatch(bytes([b])))
@@ -145,10 +287,15 @@ class _Scan:
     most_rows: int  # at least as many as the data records
 
 
-def _read(path: Path, name: str, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse and check one CSV: (x float32 [n, features] in schema order, y int64 [n], 64-bit row hashes [n])."""
+def _read(path: Path, name: str, schema: Schema, sink: _Sink | None, base: int) -> np.ndarray:
+    """Parse and check one file (CSV, or Parquet by its suffix); its rows go to `sink` from global position `base`.
+    Returns the rows' 64-bit hashes."""
+    if path.suffix.lower() == ".parquet":
+        from mlci.parquet import read_parquet
+
+        return read_parquet(path, name, lambda rows: _Records(name, schema, _Scan(True, True, rows), sink, base))
     scan = _scan(path, name)
-    records = _Records(name, schema, scan)
+    records = _Records(name, schema, scan, sink, base)
     try:
         if scan.simple:
             _read_lines(path, records)
@@ -255,7 +402,7 @@ def _scan(path: Path, name: str) -> _Scan:
 class _Records:
     """The checks on one file's records, fed in order in batches; remembers the first problem of each kind."""
 
-    def __init__(self, name: str, schema: Schema, scan: _Scan) -> None:
+    def __init__(self, name: str, schema: Schema, scan: _Scan, sink: _Sink | None, base: int) -> None:
         import numpy as np
 
         self.name, self.schema, self.scan = name, schema, scan
@@ -266,11 +413,12 @@ class _Records:
         self.problem: DataError | None = None  # blank header, header, row width: outranks any bad cell
         self.cell: tuple[int, DataError] | None = None  # (column's place: features, then label; its first bad)
         self.classes = [str(c) for c in schema.classes]
-        # The rows kept so far (all of them while nothing is wrong), in arrays sized once: the float64 values
-        # exist only a chunk at a time. Pages past the end are never touched, so never take memory.
-        self.kept = 0
-        self.x = np.empty((scan.most_rows, len(schema.features)), dtype=np.float32)
-        self.y = np.empty(scan.most_rows, dtype=np.int64)
+        # The rows kept so far (all of them while nothing is wrong) go to the sink, from global position base + kept;
+        # their hashes stay here, in an array sized once (pages past the end are never touched, so take no memory).
+        # The float64 values exist only a chunk at a time.
+        self.sink, self.base, self.kept = sink, base, 0
+        if sink is not None:
+            sink.reserve(base + scan.most_rows)
         self.hashes = np.empty(scan.most_rows, dtype=np.uint64)
 
     # -- the header ---------------------------------------------------------------------------------------
@@ -363,11 +511,11 @@ class _Records:
         h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
         for place, values in enumerate(x):
             if self.schema.features[place].nan:  # one NaN: "-nan" is the same missing value as "" or "nan"
-                values = np.where(np.isnan(values), np.nan, values)
-            self.x[at : at + n, place] = values
+                x[place] = values = np.where(np.isnan(values), np.nan, values)
             h = _fold(h, values)
         self.hashes[at : at + n] = _mix(_fold(h, y.astype(np.float64)))
-        self.y[at : at + n] = y
+        if self.sink is not None:
+            self.sink.put(self.base + at, x, y)
         self.kept += n
 
     def table(self, table: Any, n: int) -> bool:
@@ -424,7 +572,7 @@ class _Records:
             self.keep(x, found.to_numpy(zero_copy_only=False).astype(np.int64))
         return True
 
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def result(self) -> np.ndarray:
         if self.problem is None and not self.index:
             if self.header is None or not any(self.header):
                 raise DataError(self.name, "line 1 must be the header row, but it is blank")
@@ -433,7 +581,7 @@ class _Records:
             raise self.problem
         if self.cell is not None:
             raise self.cell[1]
-        return self.x[: self.kept], self.y[: self.kept], self.hashes[: self.kept]
+        return self.hashes[: self.kept]
 
 
 def _byte_set(allowed: bytes) -> np.ndarray:
@@ -714,19 +862,35 @@ def _labels(cells: Sequence[str], schema: Schema, name: str) -> np.ndarray:
 # --- across files ---------------------------------------------------------------------------------------
 
 
-def _no_duplicates(x: np.ndarray, y: np.ndarray, hashes: np.ndarray, files: list[tuple[str, int]]) -> None:
+def _no_duplicates(
+    parts: list[np.ndarray], files: list[tuple[str, int]], rows_at: Callable[[np.ndarray], tuple[Any, Any]]
+) -> None:
     """The first row (in file order) equal to an earlier one, features and label, names that earlier one.
 
-    Rows with equal 64-bit hashes (of the float64 values) are candidates; equal float32 features and label
-    confirm one. Only the first candidate rows are looked at, one by one, until a duplicate is confirmed.
+    Rows whose 64-bit hash (of the float64 values) another row shares are the candidates: a sorted copy of the
+    hashes finds them. `rows_at` gives their float32 features and labels (from memory, or read again), and equal
+    ones confirm a duplicate. Only the first candidate rows are looked at, one by one, until one is confirmed.
     """
     import numpy as np
 
+    hashes = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    ordered = np.sort(hashes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if not len(repeated):
+        return
+    found = []
+    step = 1 << 20
+    for start in range(0, len(hashes), step):  # a block at a time: the search's positions take 8 bytes a row
+        h = hashes[start : start + step]
+        place = np.minimum(np.searchsorted(repeated, h), len(repeated) - 1)
+        found.append(np.flatnonzero(repeated[place] == h) + start)
+    where = np.concatenate(found)  # the candidates' global positions, in file order
+    x, y = rows_at(where)
+    hashes = hashes[where]
     order = np.argsort(hashes, kind="stable")  # equal hashes: a run, in file order
     ordered = hashes[order]
     repeats = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # places whose hash the previous place shares
-    if not len(repeats):
-        return
     run_start = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
     starts = run_start[np.searchsorted(run_start, repeats, side="right") - 1]
     bits = x.view(np.uint32)
@@ -734,12 +898,12 @@ def _no_duplicates(x: np.ndarray, y: np.ndarray, hashes: np.ndarray, files: list
         i, place = int(order[repeats[at]]), int(repeats[at])
         for k in order[starts[at] : place].tolist():  # earlier rows with the same hash, in file order
             if y[k] == y[i] and np.array_equal(bits[k], bits[i]):
-                first_file, first_row = _where(k, files)
-                file, row = _where(i, files)
-                where = f"row {first_row}" + ("" if first_file == file else f" of {first_file}")
+                first_file, first_row = _where(int(where[k]), files)
+                file, row = _where(int(where[i]), files)
+                at_ = f"row {first_row}" + ("" if first_file == file else f" of {first_file}")
                 raise DataError(
                     file,
-                    f"duplicate of {where} (same features and label); "
+                    f"duplicate of {at_} (same features and label); "
                     "set options.allow_duplicate_rows = true in the schema to allow it",
                     row=row,
                 )

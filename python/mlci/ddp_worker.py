@@ -37,7 +37,7 @@ def worker() -> int:
         params = [registry.run(run_id).params if registry else None]
         dist.broadcast_object_list(params, src=0)
         config = dataclasses.replace(config_from_dict(params[0], source=source), root=root, source=source)
-        train_ds, _ = data.split(data.check(config), config.data.eval_fraction, config.data.split_seed)
+        train_ds, _ = data.load_splits(config)
         run = registry.run(run_id) if registry else None
         description = f"training {run_id} ({world_size} processes, {chosen.kind}, {chosen.precision})"
         with epoch_bar(config.train.epochs, description, enabled=rank == 0 and sys.stdout.isatty()) as bar:

@@ -238,25 +238,37 @@ def bootstrap(
     import numpy as np
 
     y = np.asarray(y, dtype=np.int64)
+    preds = {name: np.asarray(pred, dtype=np.int64) for name, pred in preds.items()}
     n, k = len(y), n_classes
     if n == 0:
         raise DataError("<data>", "the evaluation split is empty")
     rng = np.random.default_rng(seed)
+    # About _CHUNK_CELLS indices at a time: several resamples whole, or one resample in pieces of rows. The draws
+    # come in the same order either way (resample after resample, row after row), so the numbers do not change.
     chunk = max(1, _CHUNK_CELLS // n)
+    piece = min(n, _CHUNK_CELLS)
     parts: dict[str, list[tuple[np.ndarray, ...]]] = {name: [] for name in preds}
     for start in range(0, resamples, chunk):
         b = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
         offset = (np.arange(b, dtype=np.int64) * k)[:, None]
-        yb = y[idx]
-        n_true = np.bincount((offset + yb).ravel(), minlength=b * k).reshape(b, k)
-        for name, pred in preds.items():
-            pb = np.asarray(pred, dtype=np.int64)[idx]
-            hit = pb == yb
-            n_pred = np.bincount((offset + pb).ravel(), minlength=b * k).reshape(b, k)
-            tp = np.bincount((offset + yb)[hit], minlength=b * k).reshape(b, k)
-            precision, recall, f1, macro = _rates(tp.astype(float), n_pred.astype(float), n_true.astype(float))
-            parts[name].append((hit.mean(axis=1), macro, precision, recall, f1))
+        n_true = np.zeros(b * k, dtype=np.int64)
+        counts = {name: [np.zeros(b, np.int64), np.zeros(b * k, np.int64), np.zeros(b * k, np.int64)] for name in preds}
+        for row in range(0, n, piece):
+            idx = rng.integers(0, n, size=(b, min(piece, n - row)))
+            yb = y[idx]
+            n_true += np.bincount((offset + yb).ravel(), minlength=b * k)
+            for name, pred in preds.items():
+                pb = pred[idx]
+                hit = pb == yb
+                hits, n_pred, tp = counts[name]
+                hits += hit.sum(axis=1)
+                n_pred += np.bincount((offset + pb).ravel(), minlength=b * k)
+                tp += np.bincount((offset + yb)[hit], minlength=b * k)
+        for name, (hits, n_pred, tp) in counts.items():
+            precision, recall, f1, macro = _rates(
+                tp.reshape(b, k).astype(float), n_pred.reshape(b, k).astype(float), n_true.reshape(b, k).astype(float)
+            )
+            parts[name].append((hits / n, macro, precision, recall, f1))
     return {
         name: Samples(*(np.concatenate([p[i] for p in chunks]) for i in range(5))) for name, chunks in parts.items()
     }
@@ -313,8 +325,7 @@ def eval_split(config: Config) -> Dataset:
     """The frozen evaluation split of the configured data (data.split_seed, data.eval_fraction)."""
     from mlci import data
 
-    _, held_out = data.split(data.check(config), config.data.eval_fraction, config.data.split_seed)
-    return held_out
+    return data.load_splits(config)[1]  # the training rows' memory goes back on return
 
 
 def predict(run: Run, ds: Dataset, *, batch_size: int = 4096) -> np.ndarray:
@@ -369,11 +380,12 @@ def score(
 # --- the pipeline step ------------------------------------------------------------------------------------
 
 
-def evaluate(config: Config, registry: Registry, run: Run) -> Evaluation:
-    """Score the run and the current champion and apply the gates. Stores and promotes nothing."""
+def evaluate(config: Config, registry: Registry, run: Run, ds: Dataset | None = None) -> Evaluation:
+    """Score the run and the current champion on `ds` (default: eval_split) and apply the gates. Stores and
+    promotes nothing."""
     champion = registry.champion()
     others = [champion] if champion is not None and champion.id != run.id else []
-    ds, metrics, samples = score(config, [run, *others])
+    ds, metrics, samples = score(config, [run, *others], ds)
     cand = metrics[run.id]
     champ = metrics[others[0].id] if others else None
     diff = (
@@ -420,12 +432,12 @@ def headline(evaluation: Evaluation) -> dict[str, float]:
     return out
 
 
-def evaluate_run(config: Config, registry: Registry, run: Run) -> Evaluation:
+def evaluate_run(config: Config, registry: Registry, run: Run, ds: Dataset | None = None) -> Evaluation:
     """Evaluate, store the result on the run, and make the run the first champion when there is none and it
     passed. Never replaces an existing champion (deploy does that)."""
     import dataclasses
 
-    evaluation = evaluate(config, registry, run)
+    evaluation = evaluate(config, registry, run, ds)
     if evaluation.passed and evaluation.champion_id is None:
         evidence = {
             "gates": [g.to_dict() for g in evaluation.gates],

@@ -42,7 +42,7 @@ def main() -> int:
     dist.init_process_group("nccl" if chosen.kind == "cuda" else "gloo")
     try:
         config = dataclasses.replace(config_from_dict(job["params"], source=source), root=root, source=source)
-        train_ds, _ = data.split(data.check(config), config.data.eval_fraction, config.data.split_seed)
+        train_ds, _ = data.load_splits(config)
         print(f"{socket.gethostname()}: rank {rank} of {world_size} on {chosen.kind} ({chosen.why})", flush=True)
         fitted = train.fit(config, train_ds, device=chosen, rank=rank, world_size=world_size)
         if rank == 0:

@@ -102,7 +102,8 @@ def run(config: Config, *, force: bool = False, key: RunKey | None = None, hooks
             hooks.up_to_date(found.run, found.evaluation)
             return found
 
-    dataset = data.check(config)  # before anything is written: bad data leaves the registry untouched
+    # Before anything is written: bad data leaves the registry untouched. The eval split is kept for evaluating.
+    train_ds, eval_ds = data.load_splits(config)
     key.save_data_hashes()
 
     from mlci.interrupt import interruptible
@@ -117,8 +118,9 @@ def run(config: Config, *, force: bool = False, key: RunKey | None = None, hooks
             hooks.up_to_date(found.run, found.evaluation)
             return found
         existing = None if force else reusable(registry, key.key)  # trained, never evaluated
-        target = existing or _train(config, dataset, registry, key, hooks)
-        return evaluate_and_report(config, registry, target, hooks)
+        target = existing or _train(config, train_ds, registry, key, hooks)
+        del train_ds  # its memory goes back before evaluating
+        return evaluate_and_report(config, registry, target, hooks, eval_ds)
 
 
 def reusable(registry: Registry, key: str) -> Run | None:
@@ -144,28 +146,27 @@ def _stored(registry: Registry, key: str) -> Outcome | None:
 # --- training ------------------------------------------------------------------------------------------------
 
 
-def _train(config: Config, dataset: Dataset, registry: Registry, key: RunKey, hooks: Hooks) -> Run:
+def _train(config: Config, train_ds: Dataset, registry: Registry, key: RunKey, hooks: Hooks) -> Run:
     started = time.perf_counter()
     t = config.train
     what = f"training ({t.epochs} epochs" + (f", {t.nproc} processes)" if t.nproc > 1 else ")")
     # With torchrun, rank 0 draws its own bar (the epochs happen in the workers).
     with hooks.epoch_bar(t.epochs, what, None if t.nproc == 1 else False) as bar:
-        trained = train_run(config, dataset, registry, key, on_epoch=bar)
+        trained = train_run(config, train_ds, registry, key, on_epoch=bar)
     hooks.trained(trained, time.perf_counter() - started)
     return trained
 
 
 def train_run(
-    config: Config, dataset: Dataset, registry: Registry, key: RunKey, *, on_epoch: OnEpoch | None = None
+    config: Config, train_ds: Dataset, registry: Registry, key: RunKey, *, on_epoch: OnEpoch | None = None
 ) -> Run:
-    """Create a run for `key`, train it (in this process, or through torchrun when train.nproc > 1), record
-    metrics and the model artifact, and mark it succeeded. Any failure, SIGTERM and SIGINT included, marks it
-    failed with the reason and re-raises; the run's lock is held until then."""
-    from mlci import data, runlock, train
+    """Create a run for `key`, train it on `train_ds` (the training split: data.load_splits) in this process, or
+    through torchrun when train.nproc > 1, record metrics and the model artifact, and mark it succeeded. Any failure,
+    SIGTERM and SIGINT included, marks it failed with the reason and re-raises; the run's lock is held until then."""
     from mlci import device as devices
+    from mlci import runlock, train
 
-    train_ds, _ = data.split(dataset, config.data.eval_fraction, config.data.split_seed)
-    train.check_model(config, dataset)  # a config error, before any run is recorded
+    train.check_model(config, train_ds)  # a config error, before any run is recorded
     if config.train.fleet:  # the runners choose their own devices; this machine only coordinates
         from mlci import fleet_train
 
@@ -208,11 +209,14 @@ def failure(exc: BaseException) -> str:
 # --- evaluate, gates, report -------------------------------------------------------------------------------------
 
 
-def evaluate_and_report(config: Config, registry: Registry, target: Run, hooks: Hooks = SILENT) -> Outcome:
+def evaluate_and_report(
+    config: Config, registry: Registry, target: Run, hooks: Hooks = SILENT, eval_ds: Dataset | None = None
+) -> Outcome:
+    """Evaluate `target` on `eval_ds` (default: the configured data's eval split), apply the gates, report."""
     from mlci.evaluate import evaluate_run
     from mlci.report import write_report
 
-    evaluation = evaluate_run(config, registry, target)
+    evaluation = evaluate_run(config, registry, target, eval_ds)
     hooks.evaluated(evaluation)
     run = registry.run(target.id)
     folder = write_report(config, registry, run)

@@ -151,15 +151,21 @@ def smoke_rows(ds: Dataset) -> list[list[float]]:
     return ds.x[first].astype(np.float32).tolist()
 
 
-def score(model: Classifier, ds: Dataset) -> tuple[float, float]:
+def score(model: Classifier, ds: Dataset, *, batch_size: int = 65536) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on `ds`, CPU fp32."""
     import torch
     import torch.nn.functional as F
 
     x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+    loss, right = 0.0, 0
     with torch.inference_mode():
-        logits = model.eval()(x).float()
-        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+        model.eval()
+        for start in range(0, len(y), batch_size):  # batches: the activations of every row at once can be GBs
+            logits = model(x[start : start + batch_size]).float()
+            yb = y[start : start + batch_size]
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            right += int((logits.argmax(1) == yb).sum())
+    return loss / max(len(y), 1), right / max(len(y), 1)
 
 
 # --- fitting -------------------------------------------------------------------------------------------------
@@ -246,7 +252,11 @@ def standardization(ds: Dataset) -> tuple[Any, Any]:
     import numpy as np
     import torch
 
-    x = ds.x.astype(np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
+    # A few columns at a time in float64 (a whole float64 copy would be twice the data). Axis-0 sums run row after
+    # row for each column either way, so the figures are those of the whole array, to the bit.
+    mean, std = np.empty(ds.x.shape[1]), np.empty(ds.x.shape[1])
+    for j in range(0, ds.x.shape[1], 4):
+        x = ds.x[:, j : j + 4].astype(np.float64)
+        mean[j : j + 4], std[j : j + 4] = x.mean(axis=0), x.std(axis=0)
     std = np.where(std < 1e-8, 1.0, std)
     return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))

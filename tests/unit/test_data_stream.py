@@ -230,3 +230,75 @@ def test_integer_columns_read_as_numbers_keep_every_value(tmp_path: Path) -> Non
     assert ds.x[:, 0].tobytes() == expected.tobytes()  # bytes: -0.0 stays negative
     e = error(project(tmp_path, "n,m,y\n" + body + "1e1,5,0\n", schema=schema))
     assert (e.row, e.column, e.value) == (len(tokens) + 1, "n", "1e1") and "not an integer" in e.why
+
+
+def chunk_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> list[tuple[int, int]]:
+    """(first, last) data row of each chunk the real reader cuts `text` into (a spy around data._lines)."""
+    seen: list[tuple[int, int]] = []
+    real = data._lines
+
+    def spy(chunk: bytes, records: data._Records, *args: object, **kwargs: object) -> None:
+        before = records.rows
+        real(chunk, records, *args, **kwargs)
+        seen.append((before + 1, records.rows))
+
+    monkeypatch.setattr(data, "_lines", spy)
+    data.validate(project(tmp_path, text))
+    monkeypatch.setattr(data, "_lines", real)
+    return seen
+
+
+@pytest.mark.parametrize("check", [data.check, data.validate], ids=["check", "check-only"])
+def test_a_bad_value_in_the_last_row_of_a_chunk_and_in_the_first_of_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: object
+) -> None:
+    (_, last), (first, _) = chunk_rows(tmp_path, monkeypatch, BUNDLED)[3:5]
+    assert first == last + 1
+    for row in (last, first):
+        with pytest.raises(DataError) as info:
+            check(project(tmp_path, set_cell(BUNDLED, row, "px_4_4", "17")))  # type: ignore[operator]
+        assert (info.value.row, info.value.column, info.value.value) == (row, "px_4_4", "17"), row
+    both = set_cell(set_cell(BUNDLED, last, "px_4_4", "x"), first, "px_4_4", "-1")
+    with pytest.raises(DataError) as info:
+        check(project(tmp_path, both))  # type: ignore[operator]
+    assert info.value.row == last and "not a number" in info.value.why
+
+
+def test_the_check_that_keeps_no_rows_finds_duplicates_across_chunks_and_files(tmp_path: Path) -> None:
+    rows = lines()
+    rows.insert(1500, rows[4])
+    with pytest.raises(DataError) as info:
+        data.validate(project(tmp_path, "".join(rows)))
+    assert (info.value.file, info.value.row) == ("f0.csv", 1500) and "duplicate of row 4 (" in info.value.why
+    with pytest.raises(DataError) as info:
+        data.validate(project(tmp_path, BUNDLED, rows[0] + rows[1200], rows[0] + rows[900]))
+    assert (info.value.file, info.value.row) == ("f1.csv", 1) and "duplicate of row 1200 of f0.csv" in info.value.why
+    assert data.validate(project(tmp_path, BUNDLED)) == 1797
+
+
+def test_the_check_that_keeps_no_rows_confirms_equal_hashes_by_reading_the_rows_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "_mix", lambda h: h * np.uint64(0))  # every row a candidate
+    assert data.validate(project(tmp_path, BUNDLED, lines()[0] + "0," * 64 + "3\n")) == 1798
+    rows = lines()
+    rows.insert(700, rows[650])
+    with pytest.raises(DataError) as info:
+        data.validate(project(tmp_path, "".join(rows)))
+    assert info.value.row == 700 and "duplicate of row 650 (" in info.value.why
+
+
+def test_loading_the_splits_in_place_gives_the_split_of_the_checked_data(tmp_path: Path) -> None:
+    """The eval split of the bundled data must not move: existing runs' keys and champions depend on it."""
+    config = project(tmp_path, BUNDLED)
+    want_train, want_eval = data.split(data.check(config), config.data.eval_fraction, config.data.split_seed)
+    got_train, got_eval = data.load_splits(config)
+    np.testing.assert_array_equal(got_train.x, want_train.x)
+    np.testing.assert_array_equal(got_train.y, want_train.y)
+    np.testing.assert_array_equal(got_eval.x, want_eval.x)
+    np.testing.assert_array_equal(got_eval.y, want_eval.y)
+    assert got_train.x.dtype == np.float32 and got_train.x.flags.c_contiguous
+    head, tail = lines()[:900], lines()[:1] + lines()[900:]  # two files: one array, grown in place
+    (tmp_path / "two").mkdir()
+    both = data.check(project(tmp_path / "two", "".join(head), "".join(tail)))
+    np.testing.assert_array_equal(both.x, data.check(config).x)

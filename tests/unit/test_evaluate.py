@@ -66,6 +66,40 @@ def test_bootstrap_does_not_depend_on_the_memory_chunking(monkeypatch: pytest.Mo
     assert np.array_equal(whole.f1, chunked.f1)
 
 
+def _reference_bootstrap(y: np.ndarray, pred: np.ndarray, k: int, resamples: int, seed: int) -> np.ndarray:
+    """The seeded bootstrap as first written, one whole resample at a time, with plain loops: [B, 2 + k]
+    (accuracy, macro-F1, per-class F1), sklearn's conventions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y), size=(1, len(y)))[0]
+        yt, yp = y[idx].tolist(), pred[idx].tolist()
+        f1s, present = [], 0
+        for c in range(k):
+            tp = sum(1 for a, b in zip(yt, yp, strict=True) if a == b == c)
+            n_pred, n_true = yp.count(c), yt.count(c)
+            p = tp / n_pred if n_pred else 0.0
+            r = tp / n_true if n_true else 0.0
+            f1s.append(2 * p * r / (p + r) if p + r else 0.0)
+            present += bool(n_pred or n_true)
+        acc = sum(1 for a, b in zip(yt, yp, strict=True) if a == b) / len(yt)
+        macro = sum(f for c, f in enumerate(f1s) if c in yt or c in yp) / max(present, 1)
+        out.append([acc, macro, *f1s])
+    return np.array(out)
+
+
+def test_bootstrap_in_pieces_of_rows_gives_the_first_implementations_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory is bounded whatever the eval split's size: one resample is drawn in pieces of rows. The numbers
+    for a seed stay those of drawing each resample whole."""
+    y, pred = _noisy(4, n=2500, k=5, accuracy=0.7)
+    monkeypatch.setattr(ev, "_CHUNK_CELLS", 1000)  # one resample in 3 pieces (1000, 1000, 500 rows)
+    got = ev.bootstrap(y, {"m": pred}, 5, resamples=30, seed=21)["m"]
+    want = _reference_bootstrap(y, pred, 5, resamples=30, seed=21)
+    np.testing.assert_allclose(got.accuracy, want[:, 0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.macro_f1, want[:, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.f1, want[:, 2:], rtol=0, atol=1e-12)
+
+
 def test_each_resample_scores_like_the_point_metrics_of_those_rows() -> None:
     """The vectorized bootstrap agrees with the plain per-sample computation, resample by resample."""
     y, pred = _noisy(3, n=120, k=4, accuracy=0.6)

@@ -59,10 +59,27 @@ def test_same_inputs_same_weights(config: Config, train_split: data.Dataset) -> 
     assert not torch.equal(other.model.net[0].weight, a.model.net[0].weight)
 
 
+def test_standardization_and_scoring_in_blocks_give_the_whole_arrays_figures(train_split: data.Dataset) -> None:
+    """Bounded memory (a few columns, a batch of rows at a time) must not change the model's inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (20_000, 9)).astype(np.float32)
+    mean, std = train.standardization(data.Dataset(list("abcdefghi"), [0], x, np.zeros(len(x), np.int64)))
+    whole = x.astype(np.float64)
+    assert mean.numpy().tobytes() == whole.mean(axis=0).astype(np.float32).tobytes()
+    assert std.numpy().tobytes() == whole.std(axis=0).astype(np.float32).tobytes()
+    model = train.fit(load_config(ROOT / "mlci.toml", ["train.epochs=1", "train.device=cpu"]), train_split).model
+    loss, accuracy = train.score(model, train_split, batch_size=100)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(train_split.x))
+    y = torch.from_numpy(train_split.y)
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert accuracy == float((logits.argmax(1) == y).double().mean())
+
+
 def test_a_bad_factory_records_no_run(config: Config, tmp_path: Path) -> None:
     bad = load_config(config.root / "mlci.toml", ["train.epochs=1", "model.params={ width = 3 }"])
     with Registry(tmp_path / "registry.db") as registry, pytest.raises(ConfigError, match=r"model\.params"):
-        pipeline.train_run(bad, data.check(bad), registry, compute(bad, data.data_files(bad)))
+        pipeline.train_run(bad, data.load_splits(bad)[0], registry, compute(bad, data.data_files(bad)))
     with Registry(tmp_path / "registry.db") as registry:
         assert registry.runs() == []
 
@@ -83,7 +100,7 @@ def test_a_failure_while_training_marks_the_run_failed(
     boom = load_config(config.root / "mlci.toml", overrides)
     with Registry(tmp_path / "registry.db") as registry:
         with pytest.raises(RuntimeError, match="exploded"):
-            pipeline.train_run(boom, data.check(boom), registry, compute(boom, data.data_files(boom)))
+            pipeline.train_run(boom, data.load_splits(boom)[0], registry, compute(boom, data.data_files(boom)))
         (run,) = registry.runs()
         assert run.status == "failed" and "the model exploded" in run.error and run.finished_at
         assert registry.find_run(run.key) is None, "a failed run is never reused"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mlci.commands import config_of, parse, parser
-from mlci.data import check, data_files, file_names
+from mlci.data import data_files, file_names, validate
 from mlci.filehash import cache_path, file_digests
+from mlci.schema import load_schema
 
 
 def run(argv: Sequence[str]) -> int:
@@ -17,11 +18,12 @@ def run(argv: Sequence[str]) -> int:
     )
     args = parse(p, argv)
     config = config_of(args)
-    ds = check(config)
+    rows = validate(config)  # keeps no rows: memory stays flat as the files grow
     files = data_files(config)[:-1]
     shas = file_digests(files, cache_path(config), rehash=config.data.rehash)
     digests = ", ".join(
         f"{name} sha256:{(sha or '?')[:12]}" for name, sha in zip(file_names(config), shas, strict=True)
     )
-    print(f"data OK: {len(ds)} rows, {len(ds.features)} features + label, {len(ds.classes)} classes ({digests})")
+    schema = load_schema(config)
+    print(f"data OK: {rows} rows, {len(schema.features)} features + label, {len(schema.classes)} classes ({digests})")
     return 0

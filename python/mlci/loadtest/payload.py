@@ -115,6 +115,8 @@ def bundled_rows(config: Config, features: list[str] | None, n_features: int | N
     path = config.path(file)
     if n_features is not None and len(features) != n_features:
         raise DataError(file, f"the schema names {len(features)} features but the model takes {n_features}")
+    if path.suffix.lower() == ".parquet":
+        return _parquet_rows(path, file, features)
     rows: list[list[float]] = []
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -140,6 +142,32 @@ def bundled_rows(config: Config, features: list[str] | None, n_features: int | N
     if not rows:
         raise DataError(file, "no data rows to send")
     return rows, f"first {len(rows)} rows of {file}"
+
+
+def _parquet_rows(path: Path, file: str, features: list[str]) -> tuple[list[list[float]], str]:
+    """The first rows of a Parquet data file (its first batch only is read)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        found = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise DataError(file, f"data file not found ({path})") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(file, f"not a readable Parquet file ({exc})") from None
+    missing = [f for f in features if f not in found.schema_arrow.names]
+    if missing:
+        raise DataError(file, f"no column {missing[0]!r} (the model's features: {len(features)} columns)")
+    batch = next(found.iter_batches(batch_size=MAX_ROWS, columns=features), None)
+    if batch is None or batch.num_rows == 0:
+        raise DataError(file, "no data rows to send")
+    x = np.stack([batch.column(f).cast(pa.float64()).to_numpy(zero_copy_only=False) for f in features], axis=1)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise DataError(file, "not a finite number", row=i + 1, column=features[j], value=str(x[i, j]))
+    return x.tolist(), f"first {len(x)} rows of {file}"
 
 
 def bodies(model_input: ModelInput, rows_per_request: int) -> list[str]:
