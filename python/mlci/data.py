@@ -612,8 +612,10 @@ def _read_lines(path: Path, records: _Records) -> None:
         if records.problem is not None:
             raise records.problem
         header = records.header or []
+        # One block a chunk, parsed on this thread: Arrow's pool gains little on one block, and a chunk whose parse
+        # fails (then read again by csv.reader) leaves no task in it when the process exits with the error.
         read, parse = (
-            pacsv.ReadOptions(column_names=header, block_size=1 << 22),
+            pacsv.ReadOptions(column_names=header, block_size=1 << 22, use_threads=False),
             pacsv.ParseOptions(ignore_empty_lines=False),
         )
         strings = pacsv.ConvertOptions(
