@@ -7,7 +7,9 @@ Every figure is printed next to a baseline measured in the same run, with the ra
    (target <= 60 s): wall time against a plain playbook that walks the same hosts in the same batches
    (serial 1, 33 %, 100 %) with one ping each, which is what Ansible costs before the deploy does anything;
    failed requests; the load's p99 during the deploy against a steady-state load of the same length just
-   before (target <= 1.5x);
+   before (target <= 1.5x); the bound this machine allows: the same load beside a burner that spends the
+   deploy's controller CPU (Ansible, the canary's Locust) with no deploy at all; and (1b) the same update
+   under an open-loop load at half the closed loop's throughput;
 2. `mlci rollback` (target <= 30 s), against the same plain playbook;
 3. `nox -s train deploy` on the embedded default (local runtime) in a fresh copy whose .venv is this
    checkout's: the first run (target <= 60 s) and the no-op (target <= 5 s), against `python -c "import torch"`;
