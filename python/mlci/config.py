@@ -212,6 +212,10 @@ class DeployConfig:
     require_staging: bool = False
     # Load-test the canary (the first batch) against the previous model on the same host, interleaved.
     canary_loadtest: bool = True
+    # The nice value of the rollout's controller (ansible-playbook and what it runs here: the smoke tests, the
+    # canary's load test). Where the controller shares CPUs with serving hosts (the local runtime, a sandbox,
+    # a runner that also serves) inference keeps the CPU and the rollout waits; 0 = the caller's priority.
+    controller_nice: int = _checked(10, (lambda v: 0 <= v <= 19, "must be 0 to 19"))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -159,7 +160,9 @@ def _deploy(
         **_local_ports(config, where),
     }
     progress(f"deploying run {run.id} (sha256 {artifact.sha256[:12]}) to {len(where.hosts)} host(s) of {where.env}")
-    code = run_playbook(config, where.inventory, "deploy.yml", variables, evidence_dir)
+    code = run_playbook(
+        config, where.inventory, "deploy.yml", variables, evidence_dir, nice=config.deploy.controller_nice
+    )
     evidence = collect(evidence_dir)
     evidence.update(env=where.env, inventory=str(where.inventory), server_version=version, playbook_exit=code)
     evidence["report"] = _report(config, run)
@@ -212,7 +215,7 @@ def _rollback(
         config, where.inventory, "rollback.yml",
         {**_rollback_vars(previous, artifact.path, artifact.sha256, config, overrides or [], evidence_dir, server),
          **_local_ports(config, where)},
-        evidence_dir,
+        evidence_dir, nice=config.deploy.controller_nice,
     )  # fmt: skip
     evidence = collect(evidence_dir)
     evidence.update(env=where.env, from_run=current.id, playbook_exit=code)
@@ -292,15 +295,19 @@ def _evidence_dir(config: Config, run: Run, env: str, kind: str = "deploy") -> P
 
 def run_playbook(
     config: Config, inventory: Path, playbook: str, variables: dict[str, Any], evidence: Path,
-    *, limit: list[str] | None = None,
+    *, limit: list[str] | None = None, nice: int = 0,
 ) -> int:  # fmt: skip
-    """ansible-playbook from the project folder (its ansible.cfg), output to the terminal; its exit code."""
+    """ansible-playbook from the project folder (its ansible.cfg), output to the terminal; its exit code.
+
+    nice > 0 runs it (and everything it starts on this machine) at that nice value."""
     (evidence / "vars.json").write_text(json.dumps(variables, indent=2) + "\n", encoding="utf-8")
     binary = Path(sys.executable).with_name("ansible-playbook")
     command = [str(binary if binary.exists() else "ansible-playbook"), "-i", str(inventory),
                str(config.root / "playbooks" / playbook), "-e", f"@{evidence / 'vars.json'}"]  # fmt: skip
     if limit:
         command += ["--limit", ",".join(limit)]
+    if nice > 0 and shutil.which("nice"):
+        command = ["nice", "-n", str(nice), *command]
     env = {**os.environ, "ANSIBLE_CONFIG": str(config.root / "ansible.cfg")}
     try:
         return subprocess.run(command, cwd=config.root, env=env, check=False).returncode
@@ -358,7 +365,10 @@ def _return_hosts(
             progress(f"returning {', '.join(group)} to run {previous.id}" if sha else f"stopping {', '.join(group)}")
             variables = _rollback_vars(previous, path, sha, config, overrides, folder, server)
             variables.update(_local_ports(config, where))
-            code = run_playbook(config, where.inventory, "rollback.yml", variables, folder, limit=group)
+            code = run_playbook(
+                config, where.inventory, "rollback.yml", variables, folder, limit=group,
+                nice=config.deploy.controller_nice,
+            )  # fmt: skip
             for host in group:
                 done = previous.id if sha else "stopped"
                 returned[host] = done if code == 0 else f"FAILED to return (exit {code})"
