@@ -8,8 +8,10 @@ Every figure is printed next to a baseline measured in the same run, with the ra
    (serial 1, 33 %, 100 %) with one ping each, which is what Ansible costs before the deploy does anything;
    failed requests; the load's p99 during the deploy against a steady-state load of the same length just
    before (target <= 1.5x); the bound this machine allows: the same load beside a burner that spends the
-   deploy's controller CPU (Ansible, the canary's Locust) with no deploy at all; and (1b) the same update
-   under an open-loop load at half the closed loop's throughput;
+   deploy's controller CPU (Ansible, the canary's Locust) at its nice value (deploy.controller_nice) with no
+   deploy at all; (1b) the same update under an open-loop load at half the closed loop's throughput; (1c) a
+   server upgrade (a [serving] change replaces each host's server, one at a time) under the closed-loop load,
+   its p99 against the same load just before;
 2. `mlci rollback` (target <= 30 s), against the same plain playbook;
 3. `nox -s train deploy` on the embedded default (local runtime) in a fresh copy whose .venv is this
    checkout's: the first run (target <= 60 s) and the no-op (target <= 5 s), against `python -c "import torch"`;
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import yaml
 
+from mlci.config import load_config
 from mlci.sandbox import Sandbox, SandboxHost
 from noop import snapshot, timed, venv_for
 
@@ -189,10 +192,13 @@ while (now := time.perf_counter()) < end:
 """
 
 
-def burner(cores: float, seconds: float) -> list[subprocess.Popen[bytes]]:
-    """Processes that together use `cores` of CPU for `seconds`: the deploy's controller CPU without a deploy."""
+def burner(cores: float, seconds: float, nice: int) -> list[subprocess.Popen[bytes]]:
+    """Processes that together use `cores` of CPU for `seconds` at the controller's nice value: the deploy's
+    controller CPU without a deploy."""
     count = max(1, int(cores + 0.999))
-    return [subprocess.Popen([sys.executable, "-c", BURN, str(cores / count), str(seconds)]) for _ in range(count)]
+    command = ["nice", "-n", str(nice)] if nice > 0 else []
+    command += [sys.executable, "-c", BURN, str(cores / count), str(seconds)]
+    return [subprocess.Popen(command) for _ in range(count)]
 
 
 def two_host_inventory(project: Path) -> list[str]:
@@ -282,10 +288,22 @@ def bench_sandbox(tmp: Path, duration: int) -> None:
         # The bound this machine allows: the same closed-loop load with only the deploy's controller CPU
         # (ansible, the canary's Locust) spent beside it by a burner, no deploy at all.
         controller_cores = rollout.cpu / rollout.wall
-        burners = burner(controller_cores, duration)
+        nice = load_config(project / "mlci.toml").deploy.controller_nice
+        burners = burner(controller_cores, duration, nice)
         bound = figures(load(project, url, duration, tmp / "bound"), tmp / "bound", duration)
         for b in burners:
             b.wait()
+
+        # 1c. A server upgrade under the same load: a [serving] change replaces each host's server, one host
+        # at a time, on the same model (the champion, run B).
+        steady_up = figures(load(project, url, duration, tmp / "steady-up"), tmp / "steady-up", duration)
+        set_keys(project / "mlci.toml", serving={"keepalive_s": 14.0})
+        proc = load(project, url, duration, tmp / "during-up")
+        time.sleep(3)
+        upgrade = mlci(project, "deploy", "--env", ENV, "--run", "champion")
+        if f"promoted: run {run_b}" not in upgrade.stdout:
+            sys.exit(f"bench: the server upgrade did not promote run {run_b}:\n{upgrade.stdout[-3000:]}")
+        during_up = figures(proc, tmp / "during-up", duration)
 
         # 2. Rollback (to run A).
         rollback = mlci(project, "rollback", "--env", ENV)
@@ -314,11 +332,14 @@ def bench_sandbox(tmp: Path, duration: int) -> None:
         print(f"  the deploy covered {min(1.0, rollout.wall / duration):.0%} of the load's {duration} s")
         loads(steady, during, "closed loop: the servers run flat out")
         print(f"  bound: the same closed-loop load beside a burner using the deploy's controller CPU "
-              f"({controller_cores:.2f} cores), no deploy:")  # fmt: skip
+              f"({controller_cores:.2f} cores at nice {nice}), no deploy:")  # fmt: skip
         loads(steady, bound, "")
         print(f"\n1b. the same rolling update under an open-loop load: {LOAD_USERS} users at {user_rps} req/s each "
               f"(half the closed loop's throughput); deploy {rollout_open.wall:.1f} s")  # fmt: skip
         loads(steady_open, during_open, "open loop")
+        print(f"\n1c. a server upgrade (a [serving] change: each host's server replaced, one at a time) under the "
+              f"closed-loop load; deploy {upgrade.wall:.1f} s")  # fmt: skip
+        loads(steady_up, during_up, "closed loop")
         print("\n2. rollback, 3 serving hosts")
         print(
             f"  mlci rollback --env {ENV}: {rollback.wall:6.1f} s = {rollback.wall / base:5.1f}x the plain batch walk "

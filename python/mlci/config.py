@@ -212,6 +212,10 @@ class DeployConfig:
     require_staging: bool = False
     # Load-test the canary (the first batch) against the previous model on the same host, interleaved.
     canary_loadtest: bool = True
+    # The requests/s that load test offers in all (split over loadtest.users, each at a fixed rate): the canary
+    # keeps serving live traffic, so the test measures latency at a stated rate instead of running the host
+    # flat out. 0 = a closed loop, as `mlci loadtest` (each user sends as soon as it has its answer).
+    canary_rps: float = _checked(400.0, non_negative())
     # The nice value of the rollout's controller (ansible-playbook and what it runs here: the smoke tests, the
     # canary's load test). Where the controller shares CPUs with serving hosts (the local runtime, a sandbox,
     # a runner that also serves) inference keeps the CPU and the rollout waits; 0 = the caller's priority.
@@ -299,7 +303,16 @@ def config_from_dict(
     raw = _apply_overrides(raw, overrides, origins)
     config = _build(Config, raw, "", source, origins)
     _check_registry_url(config.registry.url, origins.get("registry.url", source))
+    _check_canary_rps(config, origins.get("deploy.canary_rps", source))
     return config
+
+
+def _check_canary_rps(config: Config, file: str) -> None:
+    """A canary offered fewer requests/s than the SLO's floor could never pass its rate check."""
+    rps, floor = config.deploy.canary_rps, config.loadtest.min_rps
+    if 0 < rps < floor:
+        raise ConfigError(file, "deploy.canary_rps", rps, f"is below loadtest.min_rps ({floor}): the canary's rate "
+                          "check could never pass; raise it, or set 0 for a closed loop")  # fmt: skip
 
 
 def _check_registry_url(url: str, file: str) -> None:

@@ -113,6 +113,10 @@ def test_rolling_update_under_load_through_the_lb_fails_no_request(project: Proj
     # The canary's load test compared the candidate with the previous model on the same host, same window.
     loadtest = project.last_ledger().evidence["loadtest"]
     assert loadtest["passed"] and loadtest["baseline"]["requests"] > 0, loadtest
+    # At deploy.canary_rps (400, the default) in all, never flat out: 8 users at 50 requests/s each. A closed
+    # loop of 8 users reaches several times that here.
+    assert loadtest["load"]["users"] * loadtest["load"]["user_rps"] == pytest.approx(400.0), loadtest["load"]
+    assert loadtest["figures"]["rps"] <= 400 * 1.1, loadtest["figures"]
 
 
 def _nan_candidate(project: Project, version: int):

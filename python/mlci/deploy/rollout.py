@@ -156,6 +156,7 @@ def _deploy(
         "mlci_deploy_evidence": str(evidence_dir),
         **server,
         "mlci_deploy_canary_loadtest": config.deploy.canary_loadtest,
+        "mlci_deploy_canary_overrides": canary_overrides(config),
         "mlci_deploy_restore": restore,
         **_local_ports(config, where),
     }
@@ -293,6 +294,12 @@ def _evidence_dir(config: Config, run: Run, env: str, kind: str = "deploy") -> P
     return folder.resolve()
 
 
+def canary_overrides(config: Config) -> list[str]:
+    """The canary load test's settings on top of [loadtest]: deploy.canary_rps spread over the users."""
+    rps = config.deploy.canary_rps
+    return [f"loadtest.user_rps={rps / config.loadtest.users!r}"] if rps > 0 else []
+
+
 def run_playbook(
     config: Config, inventory: Path, playbook: str, variables: dict[str, Any], evidence: Path,
     *, limit: list[str] | None = None, nice: int = 0,
@@ -326,7 +333,7 @@ def collect(evidence: Path) -> dict[str, Any]:
     summary = evidence / "loadtest" / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text(encoding="utf-8"))
-        out["loadtest"] = {k: data.get(k) for k in ("passed", "url", "figures", "baseline", "checks", "failed")}
+        out["loadtest"] = {k: data.get(k) for k in ("passed", "url", "load", "figures", "baseline", "checks", "failed")}
     return out
 
 

@@ -1,4 +1,5 @@
-"""The rollout's controller runs at deploy.controller_nice: a real ansible-playbook, its task's own nice value."""
+"""The rollout's own settings: the controller's nice value (a real ansible-playbook, its task's nice value) and
+the canary's request rate."""
 
 from __future__ import annotations
 
@@ -51,3 +52,11 @@ def test_a_nice_value_outside_0_to_19_is_refused_with_the_key(tmp_path: Path) ->
     (tmp_path / "mlci.toml").write_text("[deploy]\ncontroller_nice = 25\n")
     with pytest.raises(ConfigError, match=r"deploy\.controller_nice.*25|25.*deploy\.controller_nice"):
         load_config(tmp_path / "mlci.toml")
+
+
+def test_a_canary_rate_below_the_slo_floor_is_refused_naming_both_keys(tmp_path: Path) -> None:
+    (tmp_path / "mlci.toml").write_text("[deploy]\ncanary_rps = 50.0\n[loadtest]\nmin_rps = 100.0\n")
+    with pytest.raises(ConfigError, match=r"deploy\.canary_rps = 50\.0: is below loadtest\.min_rps \(100\.0\)"):
+        load_config(tmp_path / "mlci.toml")
+    (tmp_path / "mlci.toml").write_text("[deploy]\ncanary_rps = 0\n[loadtest]\nmin_rps = 100.0\n")
+    assert load_config(tmp_path / "mlci.toml").deploy.canary_rps == 0  # 0: a closed loop, no floor to meet
