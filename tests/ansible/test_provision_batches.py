@@ -56,8 +56,12 @@ def test_by_default_a_canary_host_goes_first_then_a_quarter_of_the_group_at_a_ti
     assert _batches(tmp_path) == [HOSTS[:1], HOSTS[1:3], HOSTS[3:5], HOSTS[5:7], HOSTS[7:]]
 
 
-def test_the_batches_come_from_mlci_provision_serial(tmp_path: Path) -> None:
-    assert _batches(tmp_path, "-e", '{"mlci_provision_serial": [2, "100%"]}') == [HOSTS[:2], HOSTS[2:]]
+@pytest.mark.parametrize(
+    ("serial", "sizes"), [('[2, "100%"]', [2, 6]), ('["100%"]', [8])], ids=["two-then-the-rest", "one-batch"]
+)
+def test_the_batches_come_from_mlci_provision_serial(serial: str, sizes: list[int], tmp_path: Path) -> None:
+    batches = _batches(tmp_path, "-e", f'{{"mlci_provision_serial": {serial}}}')
+    assert [len(b) for b in batches] == sizes and [h for b in batches for h in b] == HOSTS, batches
 
 
 @pytest.mark.parametrize("playbook", sorted(PROVISION_PLAYS))
