@@ -117,3 +117,35 @@ SERVE_MIRROR = """
         port: "{{ port }}"
         timeout: 30
 """
+
+# SERVE_MIRROR undone, with what the GPU roles installed from it: the holds released, the stand-in packages
+# (`packages`) purged, the mirror, the roles' sources, pins and keys and the test's own `extra_paths` removed.
+UNSERVE_MIRROR = """
+- name: Take the test mirror and the stand-in packages off the hosts
+  hosts: "{{ target }}"
+  gather_facts: false
+  tasks:
+    - name: Stop the mirror
+      ansible.builtin.command: systemctl stop mlci-test-mirror
+      changed_when: true
+      failed_when: false
+    - name: Release the holds
+      ansible.builtin.dpkg_selections:
+        name: "{{ item }}"
+        selection: install
+      loop: "{{ held }}"
+      failed_when: false
+    - name: Remove the stand-in packages
+      ansible.builtin.apt:
+        name: "{{ packages }}"
+        state: absent
+        purge: true
+    - name: Remove the mirror, the rendered sources, pins and keys, and the test's own files
+      ansible.builtin.shell: >-
+        rm -rf /srv/mlci-test-mirror /etc/apt/sources.list.d/mlci-nvidia* /etc/apt/preferences.d/mlci-*
+        /etc/apt/keyrings/mlci-nvidia* {{ extra_paths | default([]) | join(' ') }}
+      changed_when: true
+    - name: Refresh the apt cache without the mirror
+      ansible.builtin.apt:
+        update_cache: true
+"""

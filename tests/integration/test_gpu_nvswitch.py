@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from apt_mirror import SERVE_MIRROR, flat_repo, gnupg_home, signing_key
+from apt_mirror import SERVE_MIRROR, UNSERVE_MIRROR, flat_repo, gnupg_home, signing_key
 from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -116,36 +116,6 @@ INSPECT = """
       changed_when: false
 """
 
-CLEANUP = """
-- name: Take the test mirror, the fake bus and the stand-in packages off the host
-  hosts: "{{ target }}"
-  gather_facts: false
-  tasks:
-    - name: Stop the mirror
-      ansible.builtin.command: systemctl stop mlci-test-mirror
-      changed_when: true
-      failed_when: false
-    - name: Release the holds
-      ansible.builtin.dpkg_selections:
-        name: "{{ item }}"
-        selection: install
-      loop: "{{ held }}"
-      failed_when: false
-    - name: Remove the stand-in packages
-      ansible.builtin.apt:
-        name: "{{ packages }}"
-        state: absent
-        purge: true
-    - name: Remove the mirror, the fake bus, the rendered source, pin and key
-      ansible.builtin.shell: >-
-        rm -rf /srv/mlci-test-mirror {{ pci_root }} /etc/apt/sources.list.d/mlci-nvidia*
-        /etc/apt/preferences.d/mlci-nvidia-driver.pref /etc/apt/keyrings/mlci-nvidia*
-      changed_when: true
-    - name: Refresh the apt cache without the mirror
-      ansible.builtin.apt:
-        update_cache: true
-"""
-
 
 @dataclass
 class NvswitchRun:
@@ -182,7 +152,7 @@ def nvswitch_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         blackwell = playbook(inventory, DRIVER_PLAY, tmp_path, driver, rc=2)
         yield NvswitchRun(host, converge, inspect, blackwell)
     finally:
-        playbook(inventory, CLEANUP, tmp_path, base)
+        playbook(inventory, UNSERVE_MIRROR, tmp_path, {**base, "extra_paths": [PCI_ROOT]})
 
 
 def test_an_nvswitch_host_gets_the_fabric_manager_at_the_drivers_version_and_both_services_enabled(

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from ansible_json import ansible_playbook
-from apt_mirror import SERVE_MIRROR, flat_repo, gnupg_home, signing_key
+from apt_mirror import SERVE_MIRROR, UNSERVE_MIRROR, flat_repo, gnupg_home, signing_key
 from test_gpu_roles_support import hosts_in_group, playbook, task_results
 
 from mlci.sandbox import connect
@@ -98,37 +98,6 @@ def build_mirror(root: Path) -> Path:
         ]
         flat_repo(mirror / "compute/cuda/repos/debian12/x86_64", debs, gnupghome)
     return mirror
-
-
-CLEANUP = """
-- name: Take the test mirror and the stand-in packages off the hosts
-  hosts: "{{ target }}"
-  gather_facts: false
-  tasks:
-    - name: Stop the mirror
-      ansible.builtin.command: systemctl stop mlci-test-mirror
-      changed_when: true
-      failed_when: false
-    - name: Release the holds
-      ansible.builtin.dpkg_selections:
-        name: "{{ item }}"
-        selection: install
-      loop: "{{ held }}"
-      failed_when: false
-    - name: Remove the stand-in packages
-      ansible.builtin.apt:
-        name: "{{ packages }}"
-        state: absent
-        purge: true
-    - name: Remove the mirror, the rendered source, pin and key
-      ansible.builtin.shell: >-
-        rm -rf /srv/mlci-test-mirror /etc/apt/sources.list.d/mlci-nvidia*
-        /etc/apt/preferences.d/mlci-nvidia-driver.pref /etc/apt/keyrings/mlci-nvidia*
-      changed_when: true
-    - name: Refresh the apt cache without the mirror
-      ansible.builtin.apt:
-        update_cache: true
-"""
 
 
 class Host:
@@ -273,7 +242,7 @@ def reboot_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     finally:
         for host in hosts.values():
             host.restore()
-        playbook(inventory, CLEANUP, tmp_path, {"target": target, "packages": PACKAGES, "held": HELD})
+        playbook(inventory, UNSERVE_MIRROR, tmp_path, {"target": target, "packages": PACKAGES, "held": HELD})
 
 
 def _batches(out: dict[str, Any]) -> list[set[str]]:

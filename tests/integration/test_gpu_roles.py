@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from apt_mirror import SERVE_MIRROR, flat_repo, gnupg_home, packages_index, release, signing_key, stand_in_deb
+from apt_mirror import (
+    SERVE_MIRROR,
+    UNSERVE_MIRROR,
+    flat_repo,
+    gnupg_home,
+    packages_index,
+    release,
+    signing_key,
+    stand_in_deb,
+)
 from test_gpu_roles_support import host_in_group, playbook, sandbox_inventory, task_results
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -123,43 +132,23 @@ SECURE_BOOT_ON = """
         mode: "0755"
 """
 
-CLEANUP = """
-- name: Take the test mirror and its packages off the runner
+# After UNSERVE_MIRROR: the stand-in mokutil, CUDA's profile and the runtime's daemon.json fragment go with it,
+# and the docker role merges daemon.json again without the runtime.
+CLEANED = {
+    "packages": [*HELD, "nvidia-persistenced"],
+    "held": HELD,
+    "extra_paths": ["/usr/bin/mokutil", "/etc/profile.d/mlci-cuda.sh",
+                    "/etc/docker/daemon.json.d/nvidia_container_toolkit.json"],
+}  # fmt: skip
+MERGE_DAEMON_JSON = """
+- name: Merge daemon.json without the runtime
   hosts: "{{ target }}"
   gather_facts: false
   tasks:
-    - name: Remove the stand-in mokutil
-      ansible.builtin.file:
-        path: /usr/bin/mokutil
-        state: absent
-    - name: Stop the mirror
-      ansible.builtin.command: systemctl stop mlci-test-mirror
-      changed_when: true
-      failed_when: false
-    - name: Release the holds
-      ansible.builtin.dpkg_selections:
-        name: "{{ item }}"
-        selection: install
-      loop: "{{ held }}"
-      failed_when: false
-    - name: Remove the stand-in packages
-      ansible.builtin.apt:
-        name: "{{ held + ['nvidia-persistenced'] }}"
-        state: absent
-        purge: true
-    - name: Remove the rendered sources, pins, keys, profile and runtime fragment
-      ansible.builtin.shell: >-
-        rm -rf /srv/mlci-test-mirror /etc/apt/sources.list.d/mlci-nvidia* /etc/apt/preferences.d/mlci-*
-        /etc/apt/keyrings/mlci-nvidia* /etc/profile.d/mlci-cuda.sh
-        /etc/docker/daemon.json.d/nvidia_container_toolkit.json
-      changed_when: true
     - name: Merge daemon.json without the runtime
       ansible.builtin.include_role:
         name: docker
         tasks_from: daemon_json
-    - name: Refresh the apt cache without the mirror
-      ansible.builtin.apt:
-        update_cache: true
 """
 
 
@@ -248,7 +237,7 @@ def gpu_mirror_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         secure_boot = playbook(inventory, GPU_STACK, tmp_path, rebooting, rc=2)
         yield GpuMirrorRun(runner, first, second, reboot_allowed, secure_boot)
     finally:
-        playbook(inventory, CLEANUP, tmp_path, {"target": runner, "held": HELD})
+        playbook(inventory, UNSERVE_MIRROR + MERGE_DAEMON_JSON, tmp_path, {"target": runner, **CLEANED})
 
 
 INSPECT = """
