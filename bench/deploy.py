@@ -69,6 +69,7 @@ SHORT = {
     "train": {"epochs": 10},
     "evaluate": {"bootstrap": 200},
     "loadtest": {"duration_s": 4, "users": 8, "p95_ms": 250.0, "p99_ms": 500.0},
+    "deploy": {"canary_rps": 400.0},  # the canary's load test at a stated rate, not flat out on a live host
 }
 LOAD_USERS = 8
 LOADBALANCER_PLAY = "- name: Load balancer\n  hosts: loadbalancer\n  roles: [loadbalancer]\n"

@@ -213,9 +213,10 @@ class DeployConfig:
     # Load-test the canary (the first batch) against the previous model on the same host, interleaved.
     canary_loadtest: bool = True
     # The requests/s that load test offers in all (split over loadtest.users, each at a fixed rate): the canary
-    # keeps serving live traffic, so the test measures latency at a stated rate instead of running the host
-    # flat out. 0 = a closed loop, as `mlci loadtest` (each user sends as soon as it has its answer).
-    canary_rps: float = _checked(400.0, non_negative())
+    # keeps serving live traffic, so the test can measure latency at a stated rate instead of running the host
+    # flat out. 0 = a closed loop, as `mlci loadtest` (each user sends as soon as it has its answer). Not the
+    # default yet: at a low rate the users' ramp-up falls in one model's windows and can tip the comparison.
+    canary_rps: float = _checked(0.0, non_negative())
     # The nice value of the rollout's controller (ansible-playbook and what it runs here: the smoke tests, the
     # canary's load test). Where the controller shares CPUs with serving hosts (the local runtime, a sandbox,
     # a runner that also serves) inference keeps the CPU and the rollout waits; 0 = the caller's priority.

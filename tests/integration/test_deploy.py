@@ -102,7 +102,7 @@ def test_rolling_update_under_load_through_the_lb_fails_no_request(project: Proj
     candidate = project.train(seed=11)
     load = _load_through_lb(project, sandbox, 45, tmp_path / "during")
     time.sleep(5)  # the load is running before the first host changes
-    deploy = project.mlci("deploy", "--env", ENV)
+    deploy = project.mlci("deploy", "--env", ENV, "deploy.canary_rps=400")
     assert load.wait(timeout=120) in (0, 1)
     figures = _figures(tmp_path / "during")
 
@@ -113,8 +113,8 @@ def test_rolling_update_under_load_through_the_lb_fails_no_request(project: Proj
     # The canary's load test compared the candidate with the previous model on the same host, same window.
     loadtest = project.last_ledger().evidence["loadtest"]
     assert loadtest["passed"] and loadtest["baseline"]["requests"] > 0, loadtest
-    # At deploy.canary_rps (400, the default) in all, never flat out: 8 users at 50 requests/s each. A closed
-    # loop of 8 users reaches several times that here.
+    # At deploy.canary_rps (400) in all, never flat out: 8 users at 50 requests/s each. A closed loop of 8 users
+    # reaches several times that here.
     assert loadtest["load"]["users"] * loadtest["load"]["user_rps"] == pytest.approx(400.0), loadtest["load"]
     assert loadtest["figures"]["rps"] <= 400 * 1.1, loadtest["figures"]
 
